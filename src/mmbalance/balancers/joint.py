@@ -1,0 +1,11 @@
+"""Joint training: cross-entropy on the fused logits only (METHODS.md 4.1).
+
+Everything is inherited: the base balancer is the Joint baseline. Its unimodal
+accuracies come from probe heads on detached features.
+"""
+
+from mmbalance.balancers.base import Balancer
+
+
+class Joint(Balancer):
+    pass

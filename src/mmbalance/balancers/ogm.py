@@ -1,0 +1,71 @@
+"""OGM and OGM-GE, On-the-fly Gradient Modulation (Peng et al.; METHODS.md 4.5).
+
+Unimodal logits come from decomposing the linear fusion layer. With S_m the
+batch sum of modality m's true-class softmax confidence, the official code
+damps the dominant modality u of a pair, rho_u = S_u / S_other > 1, by
+
+    k_u = 1 - tanh(alpha * rho_u)        (alpha * rho, not alpha * (rho - 1):
+                                          k jumps to 1 - tanh(alpha) at balance)
+
+and leaves the other at k = 1. For M modalities rho_m = S_m / min_k S_k, which
+is the same for M = 2 (BalanceBenchmark's generalisation). A tie damps nobody;
+the official code damps audio on a tie, an asymmetry we do not copy.
+
+OGM multiplies the gradients of modality m's encoder conv kernels (the
+official grouping) by k_m. OGM-GE then adds Gaussian noise to *every*
+modality's tensors: g <- k g + N(0, sigma^2), sigma = unbiased std of the
+unscaled g, plus 1e-8, drawn fresh per tensor and step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmbalance.balancers.base import Balancer, true_class_confidence
+
+
+def ogm_coefficients(scores: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores (M,) -> (rho, k), both (M,)."""
+    ratios = scores / scores.min()
+    damped = 1 - torch.tanh(alpha * ratios)
+    return ratios, torch.where(ratios > 1, damped, torch.ones_like(ratios))
+
+
+def generalization_enhancement(grad: torch.Tensor, coefficient: float) -> torch.Tensor:
+    """k g + noise with the unbiased std of the unscaled gradient (OGM-GE)."""
+    noise = torch.randn_like(grad) * (grad.std().item() + 1e-8)
+    return grad * coefficient + noise
+
+
+class OGM(Balancer):
+    add_noise = False
+
+    def setup(self, model):
+        if not model.fusion.decomposable:
+            raise ValueError(
+                f"{type(self).__name__} needs unimodal logits from a linear fusion, and "
+                f"fusion {type(model.fusion).__name__} cannot be decomposed"
+            )
+        self.groups = model.parameter_groups(self.settings["parameter_policy"])
+
+    def after_backward(self, model, out, labels, epoch):
+        if not self.in_window(epoch):
+            return {}
+        modalities = list(out.decomposed)
+        scores = torch.stack([true_class_confidence(out.decomposed[m], labels).sum() for m in modalities])
+        ratios, coefficients = ogm_coefficients(scores, self.settings["alpha"])
+        for m, k in zip(modalities, coefficients.tolist()):
+            for param in self.groups[m]:
+                if param.grad is None:
+                    continue
+                if self.add_noise:
+                    param.grad = generalization_enhancement(param.grad, k)
+                else:
+                    param.grad.mul_(k)
+        return {f"coeff_{m}": k for m, k in zip(modalities, coefficients.tolist())} | {
+            f"ogm_rho_{m}": r for m, r in zip(modalities, ratios.tolist())
+        }
+
+
+class OGMGE(OGM):
+    add_noise = True

@@ -1,0 +1,12 @@
+"""Unimodal baselines (METHODS.md 4.2): one encoder and a linear classifier,
+trained with cross-entropy under the same recipe as the multimodal runs."""
+
+from mmbalance.balancers.base import Balancer
+
+
+class AudioOnly(Balancer):
+    modalities = ("audio",)
+
+
+class VideoOnly(Balancer):
+    modalities = ("video",)

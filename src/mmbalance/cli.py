@@ -1,0 +1,139 @@
+"""`python -m mmbalance <command>`: the one entry point every workflow rule calls.
+
+Settings arrive as JSON strings (the rule's resolved `params:`), so the command
+line of a job says exactly what it ran with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text[:200]}") from error
+
+
+def cmd_generate(args) -> None:
+    from mmbalance.data import synthetic
+
+    names = synthetic.generate(args.out, args.settings, workers=args.threads)
+    logging.info("wrote %d clips to %s", len(names), args.out)
+
+
+def cmd_preprocess(args) -> None:
+    from mmbalance.data import features
+
+    index = features.preprocess_cremad(args.raw, args.folds, args.out, args.recipe)
+    skipped = index[index["skipped"]]
+    logging.info("feature store %s: %d clips, %d skipped", args.out, len(index), len(skipped))
+    for _, row in skipped.iterrows():
+        logging.info("skipped %s: %s", row["clip"], row["reason"])
+
+
+def cmd_init_tracking(args) -> None:
+    from mmbalance.tracking import init_store
+
+    experiment_id = init_store(args.uri, args.experiment, args.artifacts, args.sentinel)
+    logging.info("tracking store %s ready, experiment %r has id %s", args.uri, args.experiment, experiment_id)
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from mmbalance.train import train
+
+    torch.set_num_threads(args.threads)
+    summary = train(args.features, args.settings, args.out, args.checkpoint)
+    logging.info("done: %s", summary)
+
+
+def cmd_evaluate(args) -> None:
+    from mmbalance.evaluate import write_metrics
+
+    write_metrics(args.predictions, args.history, args.cell, args.out)
+
+
+def cmd_aggregate(args) -> None:
+    from mmbalance.aggregate import write_tables
+
+    write_tables(args.metrics, args.out_dir, args.method_order, args.protocol)
+
+
+def cmd_figures(args) -> None:
+    import pandas as pd
+
+    from mmbalance import figures
+
+    runs = pd.read_csv(args.runs)
+    figures.plot_accuracy_per_method(runs, args.accuracy_figure, args.method_order)
+    histories = {Path(h).parent.parent.name: pd.read_csv(h) for h in args.histories}
+    figures.plot_balance_over_training(histories, args.balance_figure)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmbalance", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("generate", help="write the embedded default dataset (CREMA-D format)")
+    p.add_argument("--settings", type=_json, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_generate)
+
+    p = commands.add_parser("preprocess", help="decode media once into the feature store")
+    p.add_argument("--raw", type=Path, required=True)
+    p.add_argument("--folds", type=Path, required=True)
+    p.add_argument("--recipe", type=_json, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_preprocess)
+
+    p = commands.add_parser("init-tracking", help="create the MLflow store and experiment")
+    p.add_argument("--uri", required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--artifacts", type=Path, required=True)
+    p.add_argument("--sentinel", type=Path, required=True)
+    p.set_defaults(func=cmd_init_tracking)
+
+    p = commands.add_parser("train", help="train one grid cell (resumes from its checkpoint)")
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--settings", type=_json, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("evaluate", help="test metrics of one run")
+    p.add_argument("--predictions", type=Path, required=True)
+    p.add_argument("--history", type=Path, required=True)
+    p.add_argument("--cell", type=_json, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("aggregate", help="tables: mean +- std over folds")
+    p.add_argument("--metrics", type=Path, nargs="+", required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--method-order", nargs="+", required=True)
+    p.add_argument("--protocol", required=True)
+    p.set_defaults(func=cmd_aggregate)
+
+    p = commands.add_parser("figures", help="accuracy per method and balance over training")
+    p.add_argument("--runs", type=Path, required=True, help="runs.csv written by aggregate")
+    p.add_argument("--histories", type=Path, nargs="+", required=True, help="history.csv of one fold per method")
+    p.add_argument("--method-order", nargs="+", required=True)
+    p.add_argument("--accuracy-figure", type=Path, required=True)
+    p.add_argument("--balance-figure", type=Path, required=True)
+    p.set_defaults(func=cmd_figures)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    args = build_parser().parse_args(argv)
+    args.func(args)

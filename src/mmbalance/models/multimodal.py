@@ -1,0 +1,92 @@
+"""The multimodal classifier the training loop and the balancers see.
+
+It exposes its parts by modality: encoders, pooled features, fused logits,
+unimodal logits from one linear head per modality, and per-modality logits by
+decomposition where the fusion is linear. The heads are either trained into the
+encoders (Multi-Loss, MLB) or are probes on detached features, so that every
+method, Joint included, reports unimodal accuracies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmbalance.models.fusion import build_fusion
+from mmbalance.models.resnet import AudioResNet18, VideoResNet18
+
+ENCODERS = {"audio": AudioResNet18, "video": VideoResNet18}
+
+
+@dataclass
+class ModelOutput:
+    fused: torch.Tensor  # (B, C) fused logits
+    unimodal: dict[str, torch.Tensor]  # modality -> (B, C) head logits
+    features: dict[str, torch.Tensor]  # modality -> (B, d) pooled features
+    decomposed: dict[str, torch.Tensor] | None  # modality -> (B, C), linear fusions only
+    heads_are_probes: bool
+
+    def probe_loss(self, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy that trains probe heads; zero when the heads are the
+        method's own (its loss already trains them)."""
+        if not self.heads_are_probes:
+            return self.fused.new_zeros(())
+        return sum(F.cross_entropy(logits, labels) for logits in self.unimodal.values())
+
+
+class MultimodalModel(nn.Module):
+    def __init__(self, encoders: dict[str, nn.Module], fusion: str, num_classes: int, heads_are_probes: bool):
+        super().__init__()
+        self.modalities = list(encoders)
+        self.encoders = nn.ModuleDict(encoders)
+        dims = {m: encoder.feature_dim for m, encoder in encoders.items()}
+        self.fusion = build_fusion(fusion, dims, num_classes)
+        # One modality: the fused output *is* that modality's output, no head needed.
+        self.heads = nn.ModuleDict(
+            {m: nn.Linear(d, num_classes) for m, d in dims.items()} if len(dims) > 1 else {}
+        )
+        for head in self.heads.values():
+            nn.init.xavier_normal_(head.weight)
+            nn.init.zeros_(head.bias)
+        self.heads_are_probes = heads_are_probes
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
+        features = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+        fused = self.fusion(features)
+        head_inputs = {m: z.detach() for m, z in features.items()} if self.heads_are_probes else features
+        unimodal = {m: head(head_inputs[m]) for m, head in self.heads.items()} or {self.modalities[0]: fused}
+        decomposed = self.fusion.decompose(features) if self.fusion.decomposable else None
+        return ModelOutput(fused, unimodal, features, decomposed, self.heads_are_probes and bool(self.heads))
+
+    def parameter_groups(self, policy: str) -> dict[str, list[nn.Parameter]]:
+        """Which parameters count as modality m's, by a named policy (METHODS.md 0.4):
+
+        * `encoder_conv_weights`: the encoder's conv kernels only (official OGM-GE);
+        * `encoder`: every encoder parameter, BatchNorm included;
+        * `encoder_head_fusion_block`: the encoder, its unimodal head and its block
+          of the fusion layer (official MLB).
+        """
+        groups = {}
+        for m in self.modalities:
+            encoder = self.encoders[m]
+            if policy == "encoder_conv_weights":
+                params = [mod.weight for mod in encoder.modules() if isinstance(mod, nn.Conv2d)]
+            elif policy == "encoder":
+                params = list(encoder.parameters())
+            elif policy == "encoder_head_fusion_block":
+                head = list(self.heads[m].parameters()) if m in self.heads else []
+                params = list(encoder.parameters()) + head + self.fusion.modality_parameters(m)
+            else:
+                raise ValueError(f"unknown parameter-group policy {policy!r}")
+            groups[m] = params
+        return groups
+
+
+def build_model(modalities: list[str], backbone: dict, fusion: str, num_classes: int, heads_are_probes: bool) -> MultimodalModel:
+    if backbone["name"] != "resnet18":
+        raise ValueError(f"unknown backbone {backbone['name']!r}; known: ['resnet18']")
+    encoders = {m: ENCODERS[m](width=backbone["width"]) for m in modalities}
+    return MultimodalModel(encoders, fusion, num_classes, heads_are_probes)

@@ -1,0 +1,211 @@
+"""The one training loop, for every method.
+
+A method plugs in through the balancer hooks (`mmbalance.balancers.base`); the
+loop itself never asks which method it runs. Each epoch trains on the fold's
+train split, evaluates validation and test, and writes a checkpoint atomically
+(model, optimizer, scheduler, RNG states, balancer state, history, best epoch,
+MLflow run id). A job killed at any point resumes from its last checkpoint and
+ends with the same numbers as an uninterrupted run. The model is selected on
+validation accuracy; test is reported at that epoch.
+
+Outputs in `out_dir`: history.csv (one row per epoch), predictions.npz (test
+probabilities at the best epoch), model.pt (best weights), run.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from mmbalance.balancers import build_balancer
+from mmbalance.data.features import FeatureStore
+from mmbalance.devices import select_device
+from mmbalance.io import write_atomic, write_text_atomic
+from mmbalance.models.multimodal import build_model
+from mmbalance.tracking import Tracker, git_commit
+
+log = logging.getLogger(__name__)
+ALL_MODALITIES = ("audio", "video")
+
+
+def build_optimizer(params, settings: dict) -> torch.optim.Optimizer:
+    name = settings["name"]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"], weight_decay=settings["weight_decay"])
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"], weight_decay=settings["weight_decay"])
+    raise ValueError(f"unknown optimizer {name!r}; known: adam, sgd")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: dict):
+    """Stepped once per epoch. `step` is the StepLR of OGM-GE, PMR, AGM."""
+    if settings["name"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    if settings["name"] == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, settings["step_size"], settings["gamma"])
+    raise ValueError(f"unknown scheduler {settings['name']!r}; known: constant, step")
+
+
+def rng_states(data_order: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "data_order": data_order.get_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_states(states: dict, data_order: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    data_order.set_state(states["data_order"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+@torch.no_grad()
+def predict(model, store: FeatureStore, rows: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
+    """Softmax probabilities of the fused output and of every modality's head."""
+    model.eval()
+    outputs = defaultdict(list)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        out = model(store.inputs(batch, model.modalities))
+        outputs["fused"].append(out.fused.softmax(1).cpu())
+        for m, logits in out.unimodal.items():
+            outputs[m].append(logits.softmax(1).cpu())
+    return {head: torch.cat(probs).numpy() for head, probs in outputs.items()}
+
+
+def accuracies(probs: dict[str, np.ndarray], labels: np.ndarray, split: str) -> dict[str, float]:
+    acc = {f"{split}_acc": float((probs["fused"].argmax(1) == labels).mean())}
+    for m in ALL_MODALITIES:
+        acc[f"{split}_acc_{m}"] = float((probs[m].argmax(1) == labels).mean()) if m in probs else float("nan")
+    return acc
+
+
+def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, data_order) -> dict[str, float]:
+    model.train()
+    sums, count, correct = defaultdict(float), 0, 0
+    order = rows[torch.randperm(len(rows), generator=data_order)]
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        labels = store.labels[batch]
+        out = model(store.inputs(batch, model.modalities))
+        objective, logs = balancer.loss(out, labels, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        (objective + out.probe_loss(labels)).backward()
+        logs |= balancer.after_backward(model, out, labels, epoch)
+        optimizer.step()
+        # Dominance of each modality, the same measure for every method: its
+        # head's mean true-class confidence over the others' mean.
+        if len(out.unimodal) > 1:
+            scores = {m: F.softmax(z.detach(), 1).gather(1, labels[:, None]).mean().item() for m, z in out.unimodal.items()}
+            for m, s in scores.items():
+                others = [v for k, v in scores.items() if k != m]
+                logs[f"ratio_{m}"] = s / max(sum(others) / len(others), 1e-8)
+        n = len(batch)
+        count += n
+        correct += int((out.fused.argmax(1) == labels).sum())
+        sums["train_loss"] += objective.item() * n
+        for key, value in logs.items():
+            sums[f"balance/{key}"] += value * n
+    return {key: total / count for key, total in sums.items()} | {"train_acc": correct / count}
+
+
+def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path) -> dict:
+    """Train one grid cell; resumes from `checkpoint_path` when it exists."""
+    out_dir, checkpoint_path = Path(out_dir), Path(checkpoint_path)
+    seed, recipe = settings["seed"], settings["train"]
+    torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+    lease = select_device(recipe["device"])
+    device = torch.device(lease.device)
+    log.info("device: %s", lease.describe())
+
+    store = FeatureStore.load(features_dir).to(device)
+    labels = store.labels.cpu().numpy()
+    balancer = build_balancer(settings["method"], settings["method_settings"])
+    modalities = list(balancer.modalities or ALL_MODALITIES)
+    model = build_model(modalities, settings["backbone"], settings["fusion"], store.num_classes, not balancer.trains_unimodal_heads).to(device)
+    balancer.setup(model)
+    optimizer = build_optimizer(model.parameters(), recipe["optimizer"])
+    scheduler = build_scheduler(optimizer, recipe["scheduler"])
+    data_order = torch.Generator().manual_seed(seed)
+    rows = {split: store.split_rows(settings["cell"]["fold"], split) for split in ("train", "val", "test")}
+    for split, members in rows.items():
+        if len(members) == 0:
+            raise ValueError(f"fold {settings['cell']['fold']} has no {split} clips in {features_dir}")
+
+    history, best, run_id, start_epoch = [], None, None, 0
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        balancer.load_state_dict(state["balancer"])
+        set_rng_states(state["rng"], data_order)
+        history, best, run_id, start_epoch = state["history"], state["best"], state["run_id"], state["epoch"]
+        log.info("resuming from %s at epoch %d", checkpoint_path, start_epoch)
+
+    cell = settings["cell"]
+    tags = cell | {"seed": seed, "mlflow.source.git.commit": git_commit(), "data_hash": store.meta["data_hash"], "device": lease.describe()}
+    tags |= {f"recipe.{k}": v for k, v in store.meta["recipe"].items()}
+    tracking = settings["tracking"]
+    run_name = "/".join(str(cell[k]) for k in ("dataset", "backbone", "fusion", "method")) + f"/fold{cell['fold']}"
+    tracker = Tracker(tracking["uri"], tracking["experiment"], run_id, run_name, tags, settings)
+
+    try:
+        for epoch in range(start_epoch, recipe["epochs"]):
+            began = time.perf_counter()
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            row |= train_one_epoch(model, balancer, optimizer, store, rows["train"], recipe["batch_size"], epoch, data_order)
+            val_probs = predict(model, store, rows["val"], recipe["eval_batch_size"])
+            test_probs = predict(model, store, rows["test"], recipe["eval_batch_size"])
+            row |= accuracies(val_probs, labels[rows["val"].cpu()], "val") | accuracies(test_probs, labels[rows["test"].cpu()], "test")
+            row |= {f"balance/{k}": v for k, v in balancer.on_epoch_end(epoch, row).items()}
+            scheduler.step()
+            row["seconds"] = time.perf_counter() - began
+            history.append(row)
+            if best is None or row["val_acc"] > best["val_acc"]:
+                best = {"epoch": epoch, "val_acc": row["val_acc"], "test_probs": test_probs, "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+            log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            tracker.log_epoch({k: v for k, v in row.items() if k != "epoch"}, epoch)
+            state = {
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "balancer": balancer.state_dict(), "rng": rng_states(data_order),
+                "history": history, "best": best, "run_id": tracker.run_id,
+            }
+            write_atomic(checkpoint_path, lambda tmp: torch.save(state, tmp))
+        summary = write_outputs(out_dir, store, rows["test"], history, best, tracker.run_id, lease.describe())
+        tracker.log_artifact(out_dir / "history.csv")
+        tracker.finish("FINISHED")
+    except Exception:
+        tracker.finish("FAILED")
+        raise
+    finally:
+        lease.release()
+    return summary
+
+
+def write_outputs(out_dir, store, test_rows, history, best, run_id, device) -> dict:
+    test_rows = test_rows.cpu().numpy()
+    probs = {f"probs_{head}": p.astype(np.float32) for head, p in best["test_probs"].items()}
+    write_atomic(
+        out_dir / "predictions.npz",
+        lambda tmp: np.savez_compressed(
+            open(tmp, "wb"),
+            clips=store.index["clip"].to_numpy()[test_rows].astype(str),
+            labels=store.labels.cpu().numpy()[test_rows],
+            class_names=np.array(store.meta["class_names"]),
+            best_epoch=np.array(best["epoch"]),
+            **probs,
+        ),
+    )
+    write_atomic(out_dir / "model.pt", lambda tmp: torch.save(best["model"], tmp))
+    write_text_atomic(out_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+    summary = {"run_id": run_id, "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "device": device, "epochs": len(history)}
+    write_text_atomic(out_dir / "run.json", json.dumps(summary, indent=2))
+    return summary

@@ -95,7 +95,7 @@ def test_paired_vs_joint_is_empty_without_joint_runs(metric_paths):
 
 def test_write_tables(metric_paths, tmp_path):
     out_dir = tmp_path / "tables"
-    write_tables(metric_paths, out_dir, method_order=["joint", "ogm_ge"], protocol="5-fold CV, best val epoch")
+    write_tables(metric_paths, out_dir, method_order=["joint", "ogm_ge"], protocol="5-fold CV, best val epoch", summary_json=out_dir / "summary.json")
 
     assert len(pd.read_csv(out_dir / "runs.csv")) == 7
     assert len(pd.read_csv(out_dir / "summary.csv")) == 3

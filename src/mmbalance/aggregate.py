@@ -86,8 +86,11 @@ def write_tables(
     out_dir: str | Path,
     method_order: Sequence[str] | None,
     protocol: str,
+    summary_json: str | Path,
 ) -> None:
-    """Write runs.csv, summary.csv, paired_vs_joint.csv, summary.md and summary.json to ``out_dir``."""
+    """Write runs.csv, summary.csv, paired_vs_joint.csv and summary.md to ``out_dir``, and the
+    flat metrics for ``dvc metrics show`` to ``summary_json`` (kept apart from the tables
+    folder, because DVC refuses a metrics file inside another output)."""
     out_dir = Path(out_dir)
     runs = collect(metric_paths)
     summary = summarize(runs, method_order)
@@ -95,7 +98,7 @@ def write_tables(
     write_text_atomic(out_dir / "summary.csv", summary.to_csv(index=False))
     write_text_atomic(out_dir / "paired_vs_joint.csv", paired_vs_joint(runs).to_csv(index=False))
     write_text_atomic(out_dir / "summary.md", summary_markdown(summary, protocol))
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary_metrics(summary), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(summary_json, json.dumps(summary_metrics(summary), indent=2, allow_nan=False) + "\n")
 
 
 def summary_markdown(summary: pd.DataFrame, protocol: str) -> str:

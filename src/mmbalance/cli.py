@@ -57,24 +57,36 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from mmbalance.evaluate import write_metrics
 
-    write_metrics(args.predictions, args.history, args.cell, args.out)
+    if len(args.predictions) != len(args.out):
+        raise SystemExit(f"evaluate: {len(args.predictions)} --predictions but {len(args.out)} --out paths")
+    for predictions, out in zip(args.predictions, args.out):
+        run_dir = predictions.parent
+        cell = json.loads((run_dir / "run.json").read_text())["cell"]
+        write_metrics(predictions, run_dir / "history.csv", cell, out)
 
 
 def cmd_aggregate(args) -> None:
     from mmbalance.aggregate import write_tables
 
-    write_tables(args.metrics, args.out_dir, args.method_order, args.protocol)
+    write_tables(args.metrics, args.out_dir, args.method_order, args.protocol, args.summary_json)
 
 
-def cmd_figures(args) -> None:
+def cmd_figure_accuracy(args) -> None:
     import pandas as pd
 
-    from mmbalance import figures
+    from mmbalance.figures import plot_accuracy_per_method
 
-    runs = pd.read_csv(args.runs)
-    figures.plot_accuracy_per_method(runs, args.accuracy_figure, args.method_order)
-    histories = {Path(h).parent.parent.name: pd.read_csv(h) for h in args.histories}
-    figures.plot_balance_over_training(histories, args.balance_figure)
+    plot_accuracy_per_method(pd.read_csv(args.runs), args.out, args.method_order)
+
+
+def cmd_figure_balance(args) -> None:
+    import pandas as pd
+
+    from mmbalance.figures import plot_balance_over_training
+
+    # .../{method}/fold{k}/history.csv: one history per method, keyed by it.
+    histories = {path.parent.parent.name: pd.read_csv(path) for path in args.histories}
+    plot_balance_over_training(histories, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,11 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_train)
 
-    p = commands.add_parser("evaluate", help="test metrics of one run")
-    p.add_argument("--predictions", type=Path, required=True)
-    p.add_argument("--history", type=Path, required=True)
-    p.add_argument("--cell", type=_json, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p = commands.add_parser("evaluate", help="test metrics of runs (one process for many: imports are slow)")
+    p.add_argument("--predictions", type=Path, nargs="+", required=True, help="predictions.npz of each run")
+    p.add_argument("--out", type=Path, nargs="+", required=True, help="metrics JSON of each run, same order")
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("aggregate", help="tables: mean +- std over folds")
@@ -121,15 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--method-order", nargs="+", required=True)
     p.add_argument("--protocol", required=True)
+    p.add_argument("--summary-json", type=Path, required=True)
     p.set_defaults(func=cmd_aggregate)
 
-    p = commands.add_parser("figures", help="accuracy per method and balance over training")
+    p = commands.add_parser("figure-accuracy", help="accuracy per method with fold spread (MLB Fig. 3)")
     p.add_argument("--runs", type=Path, required=True, help="runs.csv written by aggregate")
-    p.add_argument("--histories", type=Path, nargs="+", required=True, help="history.csv of one fold per method")
     p.add_argument("--method-order", nargs="+", required=True)
-    p.add_argument("--accuracy-figure", type=Path, required=True)
-    p.add_argument("--balance-figure", type=Path, required=True)
-    p.set_defaults(func=cmd_figures)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_figure_accuracy)
+
+    p = commands.add_parser("figure-balance", help="balance ratios, coefficients and unimodal accuracy over training (OGM-GE Fig. 3)")
+    p.add_argument("--histories", type=Path, nargs="+", required=True, help="history.csv of one fold per method")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_figure_balance)
     return parser
 
 

@@ -14,6 +14,7 @@ probabilities at the best epoch), model.pt (best weights), run.json.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -53,6 +54,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, settings: dict):
     if settings["name"] == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, settings["step_size"], settings["gamma"])
     raise ValueError(f"unknown scheduler {settings['name']!r}; known: constant, step")
+
+
+def settings_fingerprint(settings: dict) -> str:
+    """Identifies what a checkpoint was trained with; the tracking target may
+    change between attempts without invalidating it."""
+    relevant = {k: v for k, v in settings.items() if k != "tracking"}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
 def rng_states(data_order: torch.Generator) -> dict:
@@ -140,8 +148,12 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
             raise ValueError(f"fold {settings['cell']['fold']} has no {split} clips in {features_dir}")
 
     history, best, run_id, start_epoch = [], None, None, 0
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    fingerprint = settings_fingerprint(settings)
+    state = torch.load(checkpoint_path, map_location=device, weights_only=False) if checkpoint_path.exists() else None
+    if state is not None and state["settings_fingerprint"] != fingerprint:
+        log.warning("ignoring %s: it was written with other settings", checkpoint_path)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -176,12 +188,13 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
             state = {
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "balancer": balancer.state_dict(), "rng": rng_states(data_order),
-                "history": history, "best": best, "run_id": tracker.run_id,
+                "history": history, "best": best, "run_id": tracker.run_id, "settings_fingerprint": fingerprint,
             }
             write_atomic(checkpoint_path, lambda tmp: torch.save(state, tmp))
-        summary = write_outputs(out_dir, store, rows["test"], history, best, tracker.run_id, lease.describe())
+        summary = write_outputs(out_dir, store, rows["test"], history, best, tracker.run_id, lease.describe(), cell)
         tracker.log_artifact(out_dir / "history.csv")
         tracker.finish("FINISHED")
+        checkpoint_path.unlink()  # the outputs now hold everything; a rerun starts afresh
     except Exception:
         tracker.finish("FAILED")
         raise
@@ -190,22 +203,24 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
     return summary
 
 
-def write_outputs(out_dir, store, test_rows, history, best, run_id, device) -> dict:
+def save_npz(path: str, arrays: dict) -> None:
+    with open(path, "wb") as handle:  # a file object: numpy would append .npz to a path
+        np.savez_compressed(handle, **arrays)
+
+
+def write_outputs(out_dir, store, test_rows, history, best, run_id, device, cell) -> dict:
     test_rows = test_rows.cpu().numpy()
     probs = {f"probs_{head}": p.astype(np.float32) for head, p in best["test_probs"].items()}
-    write_atomic(
-        out_dir / "predictions.npz",
-        lambda tmp: np.savez_compressed(
-            open(tmp, "wb"),
-            clips=store.index["clip"].to_numpy()[test_rows].astype(str),
-            labels=store.labels.cpu().numpy()[test_rows],
-            class_names=np.array(store.meta["class_names"]),
-            best_epoch=np.array(best["epoch"]),
-            **probs,
-        ),
+    arrays = dict(
+        clips=store.index["clip"].to_numpy()[test_rows].astype(str),
+        labels=store.labels.cpu().numpy()[test_rows],
+        class_names=np.array(store.meta["class_names"]),
+        best_epoch=np.array(best["epoch"]),
+        **probs,
     )
+    write_atomic(out_dir / "predictions.npz", lambda tmp: save_npz(tmp, arrays))
     write_atomic(out_dir / "model.pt", lambda tmp: torch.save(best["model"], tmp))
     write_text_atomic(out_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
-    summary = {"run_id": run_id, "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "device": device, "epochs": len(history)}
+    summary = {"cell": cell, "run_id": run_id, "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "device": device, "epochs": len(history)}
     write_text_atomic(out_dir / "run.json", json.dumps(summary, indent=2))
     return summary

@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny generated dataset in the real CREMA-D format, its
+feature store, an MLflow store, and training settings that run in seconds."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from mmbalance.data import features, synthetic
+from mmbalance.tracking import init_store
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+TINY_RECIPE = {"frames": 2, "fps": 1.0, "frame_size": 32, "sample_rate": 8000, "seconds": 1.0, "n_fft": 128, "hop_length": 125}
+
+
+def default_config(overrides: dict | None = None) -> dict:
+    """The schema's defaults merged under `overrides`, validated."""
+    config = copy.deepcopy(overrides or {})
+    validate(config, str(SCHEMA))
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_settings() -> dict:
+    settings = default_config()["datasets"]["synthetic_cremad"]["generator"]
+    return settings | {"actors": 6, "sentences": 1, "video_width": 64, "video_height": 48}
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory, tiny_generator_settings) -> Path:
+    raw = tmp_path_factory.mktemp("raw") / "synthetic_cremad"
+    synthetic.generate(raw, tiny_generator_settings)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_raw) -> Path:
+    store = tmp_path_factory.mktemp("features") / "synthetic_cremad"
+    features.preprocess_cremad(tiny_raw, tiny_raw / "data_splits.json", store, TINY_RECIPE)
+    return store
+
+
+@pytest.fixture(scope="session")
+def tracking(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    init_store(uri, "tests", root / "artifacts", root / "initialized.json")
+    return {"uri": uri, "experiment": "tests"}
+
+
+@pytest.fixture
+def train_settings(tracking):
+    """Settings of one tiny training run; call with the method and overrides."""
+
+    def make(method: str, fold: int = 1, epochs: int = 2, **train_overrides) -> dict:
+        config = default_config({"backbones": {"resnet18": {"width": 4}}})
+        return {
+            "cell": {"dataset": "synthetic_cremad", "backbone": "resnet18", "fusion": "late_linear", "method": method, "fold": fold},
+            "seed": fold,
+            "backbone": {"name": "resnet18", "width": 4},
+            "fusion": "late_linear",
+            "method": method,
+            "method_settings": config["methods"][method],
+            "train": {k: v for k, v in config["train"].items() if k not in ("threads", "mem_mb", "runtime")}
+            | {"epochs": epochs, "batch_size": 8, "device": "cpu"}
+            | train_overrides,
+            "tracking": tracking,
+        }
+
+    return make
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())

@@ -1,0 +1,161 @@
+"""Each method's equations against values computed by hand (METHODS.md 4.x, 9)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmbalance.balancers import BALANCERS, build_balancer
+from mmbalance.balancers.base import Balancer, true_class_confidence
+from mmbalance.balancers.mlb import mlb_coefficients
+from mmbalance.balancers.multi_loss import multi_loss
+from mmbalance.balancers.ogm import OGMGE, generalization_enhancement, ogm_coefficients
+from mmbalance.models.multimodal import ModelOutput, build_model
+
+# METHODS.md 4.4: 2 samples, 3 classes, labels [0, 2].
+LABELS = torch.tensor([0, 2])
+AUDIO = torch.tensor([[2.0, 0, 0], [0, 0, 2.0]])
+VIDEO = torch.tensor([[0.0, 0, 0], [1.0, 0, 0]])
+
+
+def test_true_class_confidence_worked_example():
+    assert true_class_confidence(AUDIO, LABELS).tolist() == pytest.approx([0.786986, 0.786986], abs=1e-6)
+    assert true_class_confidence(VIDEO, LABELS).tolist() == pytest.approx([1 / 3, 0.211942], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "alpha, beta_max, k_audio, k_video",
+    [(0.5, 2.0, 0.684372, 1.736727), (0.5, 10.0, 0.684372, 7.630543), (0.8, 2.0, 0.520100, 1.906806)],
+)
+def test_mlb_worked_example(alpha, beta_max, k_audio, k_video):
+    scores = torch.stack([true_class_confidence(AUDIO, LABELS).mean(), true_class_confidence(VIDEO, LABELS).mean()]).double()
+    ratios, k = mlb_coefficients(scores, alpha, beta_max)
+    assert ratios.tolist() == pytest.approx([0.346432, 2.886566], abs=1e-6)
+    assert k.tolist() == pytest.approx([k_audio, k_video], abs=1e-6)
+
+
+def test_mlb_other_numbers():
+    # s = [0.6, 0.3], alpha 1, beta_max 3: r_a = 0.5 -> 1 + tanh(-0.5); r_v = 2 -> 1 + 2 tanh(1).
+    ratios, k = mlb_coefficients(torch.tensor([0.6, 0.3], dtype=torch.float64), 1.0, 3.0)
+    assert ratios.tolist() == pytest.approx([0.5, 2.0])
+    assert k.tolist() == pytest.approx([1 - 0.46211716, 1 + 2 * 0.76159416], abs=1e-7)
+
+
+def test_mlb_phases_out_when_scores_are_equal():
+    _, k = mlb_coefficients(torch.tensor([0.7, 0.7]), 0.5, 10.0)
+    assert k.tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_mlb_three_modalities():
+    ratios, k = mlb_coefficients(torch.tensor([0.8, 0.4, 0.2], dtype=torch.float64), 1.0, 2.0)
+    assert ratios.tolist() == pytest.approx([0.375, 1.25, 3.0])
+    assert k.tolist() == pytest.approx([0.445400, 1.244919, 1.964028], abs=1e-6)
+
+
+@pytest.mark.parametrize("alpha, k_audio", [(0.1, 0.719102), (0.8, 0.019542)])
+def test_ogm_worked_example(alpha, k_audio):
+    scores = torch.stack([true_class_confidence(AUDIO, LABELS).sum(), true_class_confidence(VIDEO, LABELS).sum()]).double()
+    assert scores.tolist() == pytest.approx([1.573972, 0.545275], abs=1e-6)
+    ratios, k = ogm_coefficients(scores, alpha)
+    assert ratios[0].item() == pytest.approx(2.886566, abs=1e-6)
+    assert k.tolist() == pytest.approx([k_audio, 1.0], abs=1e-6)
+
+
+def test_ogm_damps_only_the_dominant_modality_and_nobody_on_a_tie():
+    _, k = ogm_coefficients(torch.tensor([1.0, 2.0], dtype=torch.float64), 0.5)
+    assert k.tolist() == pytest.approx([1.0, 1 - math.tanh(1.0)])
+    _, k = ogm_coefficients(torch.tensor([3.0, 3.0]), 0.8)
+    assert k.tolist() == [1.0, 1.0]
+
+
+def test_ogm_ge_noise_std_is_the_unbiased_std_of_the_unscaled_gradient():
+    assert torch.tensor([1.0, -1.0, 3.0, -3.0]).std().item() == pytest.approx(2.581989, abs=1e-6)
+    torch.manual_seed(0)
+    grad = 2.0 * torch.randn(200_000)
+    noisy = generalization_enhancement(grad, 0.3)
+    assert (noisy - 0.3 * grad).std().item() == pytest.approx(grad.std().item(), rel=0.01)
+    assert (noisy - 0.3 * grad).mean().item() == pytest.approx(0.0, abs=0.02)
+
+
+def test_multi_loss_value():
+    # One sample, label 0: CE(fused [0, 0]) = ln 2; audio [ln 3, 0] -> -ln(3/4); video [0, ln 3] -> ln 4.
+    out = ModelOutput(
+        fused=torch.tensor([[0.0, 0.0]]),
+        unimodal={"audio": torch.tensor([[math.log(3), 0.0]]), "video": torch.tensor([[0.0, math.log(3)]])},
+        features={}, decomposed=None, heads_are_probes=False,
+    )
+    total, logs = multi_loss(out, torch.tensor([0]), {"audio": 1.0, "video": 0.5})
+    assert total.item() == pytest.approx(math.log(2) - math.log(0.75) + 0.5 * math.log(4), abs=1e-6)
+    assert logs["loss_video"] == pytest.approx(math.log(4), abs=1e-6)
+
+
+def test_modulation_window_is_inclusive():
+    balancer = Balancer({"start_epoch": 2, "end_epoch": 4})
+    assert [balancer.in_window(e) for e in range(6)] == [False, False, True, True, True, False]
+
+
+def tiny_model(heads_are_probes=True):
+    torch.manual_seed(0)
+    return build_model(["audio", "video"], {"name": "resnet18", "width": 4}, "late_linear", 3, heads_are_probes)
+
+
+def tiny_batch():
+    torch.manual_seed(1)
+    return {"audio": torch.randn(4, 33, 17), "video": torch.randn(4, 2, 3, 32, 32)}, torch.tensor([0, 1, 2, 0])
+
+
+def backward(model):
+    inputs, labels = tiny_batch()
+    out = model(inputs)
+    (F.cross_entropy(out.fused, labels) + out.probe_loss(labels)).backward()
+    return out, labels
+
+
+def test_ogm_ge_noises_both_modalities_conv_weights_only():
+    model = tiny_model()
+    balancer = OGMGE({"alpha": 0.8, "start_epoch": 0, "end_epoch": 50, "parameter_policy": "encoder_conv_weights"})
+    balancer.setup(model)
+    out, labels = backward(model)
+    before = {name: p.grad.clone() for name, p in model.named_parameters()}
+    logs = balancer.after_backward(model, out, labels, epoch=0)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p.grad, before[name])}
+    conv_weights = {name for name, p in model.named_parameters() if name.startswith("encoders.") and p.dim() == 4}
+    assert changed == conv_weights  # both encoders, and nothing else (no BN, no fusion, no heads)
+    assert min(logs["coeff_audio"], logs["coeff_video"]) < 1.0 == max(logs["coeff_audio"], logs["coeff_video"])
+
+
+def test_gradient_methods_do_nothing_outside_their_window():
+    for name, settings in [
+        ("ogm", {"alpha": 0.8, "start_epoch": 0, "end_epoch": 0, "parameter_policy": "encoder_conv_weights"}),
+        ("mlb", {"alpha": 0.5, "beta_max": 10, "start_epoch": 0, "end_epoch": 0, "parameter_policy": "encoder_head_fusion_block", "weights": {}}),
+    ]:
+        balancer = build_balancer(name, settings)
+        model = tiny_model(heads_are_probes=not balancer.trains_unimodal_heads)
+        balancer.setup(model)
+        inputs, labels = tiny_batch()
+        out = model(inputs)
+        (balancer.loss(out, labels, 1)[0] + out.probe_loss(labels)).backward()
+        before = [p.grad.clone() for p in model.parameters()]
+        assert balancer.after_backward(model, out, labels, epoch=1) == {}
+        assert all(torch.equal(a, p.grad) for a, p in zip(before, model.parameters()))
+
+
+def test_mlb_scales_encoder_head_and_fusion_block_but_not_the_shared_bias():
+    model = tiny_model(heads_are_probes=False)
+    balancer = build_balancer("mlb", {"alpha": 0.5, "beta_max": 10, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_head_fusion_block", "weights": {}})
+    balancer.setup(model)
+    inputs, labels = tiny_batch()
+    out = model(inputs)
+    balancer.loss(out, labels, 0)[0].backward()
+    before = {name: p.grad.clone() for name, p in model.named_parameters()}
+    logs = balancer.after_backward(model, out, labels, epoch=0)
+    for name, p in model.named_parameters():
+        modality = next((m for m in ("audio", "video") if f".{m}." in f".{name}."), None)
+        expected = before[name] * logs[f"coeff_{modality}"] if modality else before[name]
+        assert torch.allclose(p.grad, expected), name
+    assert torch.equal(model.fusion.bias.grad, before["fusion.bias"])
+
+
+def test_registry_names_every_method_of_the_default_grid():
+    assert set(BALANCERS) == {"audio_only", "video_only", "joint", "multi_loss", "mlb", "ogm", "ogm_ge"}

@@ -1,0 +1,150 @@
+# Helpers shared by every rule: config validation, the grid, paths and per-cell
+# settings. Rules hold no logic of their own; they call `python -m mmbalance`.
+
+import json
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+GRID = config["grid"]
+CELL = "{dataset}/{backbone}/{fusion}/{method}/fold{fold}"
+FEATURE_FILES = ["frames.npy", "spectrograms.npy", "index.csv", "meta.json"]
+# Every training job reads the tracking store, which must exist first (ECOSYSTEM 0.4).
+TRACKING_SENTINEL = "results/mlflow/initialized.json"
+
+wildcard_constraints:
+    dataset="[a-z0-9_]+",
+    backbone="[a-z0-9_]+",
+    fusion="[a-z0-9_]+",
+    method="[a-z0-9_]+",
+    fold=r"\d+",
+
+
+def grid_cells():
+    """Every (dataset, backbone, fusion, method, fold) of the grid, as dicts."""
+    return [
+        dict(dataset=d, backbone=b, fusion=f, method=m, fold=k)
+        for d in GRID["datasets"]
+        for b in GRID["backbones"]
+        for f in GRID["fusions"]
+        for m in GRID["methods"]
+        for k in GRID["folds"]
+    ]
+
+
+def panels():
+    """(dataset, backbone, fusion) triples: one figure panel each."""
+    return [dict(dataset=d, backbone=b, fusion=f) for d in GRID["datasets"] for b in GRID["backbones"] for f in GRID["fusions"]]
+
+
+def final_outputs():
+    return (
+        [f"results/tables/{name}" for name in ("summary.md", "summary.csv", "runs.csv", "paired_vs_joint.csv")]
+        + ["results/summary.json", "results/figures/accuracy_per_method.png"]
+        + expand("results/figures/{dataset}/{backbone}/{fusion}/balance_over_training.png", zip, **_columns(panels()))
+    )
+
+
+def _columns(rows):
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def feature_files(wildcards):
+    return expand("results/features/{dataset}/{name}", dataset=wildcards.dataset, name=FEATURE_FILES)
+
+
+def tracking_uri():
+    """The configured URI, or a SQLite store inside results/ (absolute, so every
+    job finds it whatever its working directory)."""
+    return config["tracking"]["uri"] or f"sqlite:///{Path('results/mlflow/mlflow.db').resolve()}"
+
+
+def cell_settings(wildcards):
+    """Everything one training job needs, resolved from the config. Passed as a
+    param, so editing one method's settings re-runs only that method's cells."""
+    return json.dumps(
+        {
+            "cell": dict(dataset=wildcards.dataset, backbone=wildcards.backbone, fusion=wildcards.fusion, method=wildcards.method, fold=int(wildcards.fold)),
+            "seed": config["train"]["seed"] + int(wildcards.fold),
+            "backbone": {"name": wildcards.backbone} | config["backbones"][wildcards.backbone],
+            "fusion": wildcards.fusion,
+            "method": wildcards.method,
+            "method_settings": config["methods"][wildcards.method],
+            "train": {k: v for k, v in config["train"].items() if k not in ("threads", "mem_mb", "runtime")},
+            "tracking": {"uri": tracking_uri(), "experiment": config["tracking"]["experiment"]},
+        },
+        sort_keys=True,
+    )
+
+
+def checkpoint_path(wildcards):
+    """Resume state lives outside the declared outputs: Snakemake deletes the
+    outputs of a failed job, and the checkpoint must survive that."""
+    return "results/checkpoints/" + CELL.format(**wildcards) + "/last.pt"
+
+
+def train_gpus(wildcards):
+    return 0 if config["train"]["device"] == "cpu" else 1
+
+
+def generator_settings(wildcards):
+    return json.dumps(config["datasets"][wildcards.dataset]["generator"], sort_keys=True)
+
+
+def preprocessing_recipe(wildcards):
+    return json.dumps(config["datasets"][wildcards.dataset]["preprocessing"], sort_keys=True)
+
+
+def raw_dir(wildcards):
+    return f"resources/raw/{wildcards.dataset}"
+
+
+def features_dir(wildcards):
+    return f"results/features/{wildcards.dataset}"
+
+
+def run_dir(wildcards):
+    return "results/runs/" + CELL.format(**wildcards)
+
+
+def panel_run_files(name):
+    """Input function: `name` in the run folder of every method x fold of a panel."""
+
+    def files(wildcards):
+        return expand("results/runs/" + CELL + "/" + name, method=GRID["methods"], fold=GRID["folds"], allow_missing=True)
+
+    return files
+
+
+def panel_metric_files():
+    """Metrics of every method x fold of a panel, in the order of panel_run_files."""
+    return expand("results/metrics/" + CELL + ".json", method=GRID["methods"], fold=GRID["folds"], allow_missing=True)
+
+
+def all_metrics(wildcards):
+    return expand("results/metrics/" + CELL + ".json", zip, **_columns(grid_cells()))
+
+
+def panel_histories(wildcards):
+    """The first fold's history of every method in one panel."""
+    return [
+        f"results/runs/{wildcards.dataset}/{wildcards.backbone}/{wildcards.fusion}/{m}/fold{GRID['folds'][0]}/history.csv"
+        for m in GRID["methods"]
+    ]
+
+
+def protocol():
+    """Named in every table: split, selection rule, frames, audio front-end."""
+    parts = []
+    for dataset in GRID["datasets"]:
+        r = config["datasets"][dataset]["preprocessing"]
+        parts.append(
+            f"{dataset}: actor-disjoint train/val/test folds {','.join(map(str, GRID['folds']))}; "
+            f"model selected on validation accuracy, test reported at that epoch; "
+            f"{r['frames']} frame(s) at {r['fps']:g} fps, {r['frame_size']} px; "
+            f"audio log|STFT| n_fft {r['n_fft']}, hop {r['hop_length']} at {r['sample_rate']} Hz over {r['seconds']:g} s"
+        )
+    return " | ".join(parts)

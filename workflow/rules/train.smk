@@ -1,0 +1,32 @@
+# Training: one job per grid cell. The job resumes from its checkpoint
+# (results/checkpoints/..., never a declared output) if it was killed.
+
+
+rule train:
+    input:
+        features=feature_files,
+        tracking=TRACKING_SENTINEL,
+    output:
+        history="results/runs/" + CELL + "/history.csv",
+        predictions="results/runs/" + CELL + "/predictions.npz",
+        model="results/runs/" + CELL + "/model.pt",
+        run="results/runs/" + CELL + "/run.json",
+    params:
+        settings=cell_settings,
+        features=features_dir,
+        out=run_dir,
+        checkpoint=checkpoint_path,
+    log:
+        "logs/train/" + CELL + ".log",
+    benchmark:
+        "benchmarks/train/" + CELL + ".tsv"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=train_gpus,
+        mem_mb=config["train"]["mem_mb"],
+        runtime=config["train"]["runtime"],
+    conda:
+        "../envs/mmbalance.yaml"
+    shell:
+        "python -m mmbalance train --features {params.features} --settings {params.settings:q} "
+        "--out {params.out} --checkpoint {params.checkpoint} --threads {threads} > {log} 2>&1"

@@ -109,7 +109,7 @@ class FeatureStore:
         return cls(
             frames=torch.from_numpy(np.load(store_dir / "frames.npy")),
             spectrograms=torch.from_numpy(np.load(store_dir / "spectrograms.npy")),
-            labels=torch.as_tensor(index["label"].to_numpy(), dtype=torch.long),
+            labels=torch.tensor(index["label"].to_numpy(), dtype=torch.long),
             index=index,
             meta=json.loads((store_dir / "meta.json").read_text()),
         )
@@ -131,7 +131,9 @@ class FeatureStore:
             frames = self.frames[rows].permute(0, 1, 4, 2, 3).float() / 255.0
             mean = frames.new_tensor(IMAGENET_MEAN)[:, None, None]
             std = frames.new_tensor(IMAGENET_STD)[:, None, None]
-            batch["video"] = (frames - mean) / std
+            # Contiguous NCHW: oneDNN's channels-last path (which the permuted view
+            # would select) hangs or crashes on narrow convs on CPU.
+            batch["video"] = ((frames - mean) / std).contiguous()
         return batch
 
     @property
@@ -144,4 +146,4 @@ class FeatureStore:
             folds = [c[4:] for c in self.index.columns if c.startswith("fold")]
             raise KeyError(f"fold {fold} is not in the feature store (it has folds {folds})")
         keep = (self.index[column] == split) & ~self.index["skipped"].astype(bool)
-        return torch.as_tensor(self.index.index[keep].to_numpy(), dtype=torch.long)
+        return torch.tensor(self.index.index[keep].to_numpy(), dtype=torch.long)

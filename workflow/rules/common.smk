@@ -83,7 +83,7 @@ def cell_settings(wildcards):
 def checkpoint_path(wildcards):
     """Resume state lives outside the declared outputs: Snakemake deletes the
     outputs of a failed job, and the checkpoint must survive that."""
-    return "results/checkpoints/" + CELL.format(**wildcards) + "/last.pt"
+    return f"results/checkpoints/{CELL.format(**wildcards)}/last.pt"
 
 
 def train_gpus(wildcards):
@@ -107,25 +107,25 @@ def features_dir(wildcards):
 
 
 def run_dir(wildcards):
-    return "results/runs/" + CELL.format(**wildcards)
+    return f"results/runs/{CELL.format(**wildcards)}"
 
 
 def panel_run_files(name):
     """Input function: `name` in the run folder of every method x fold of a panel."""
 
     def files(wildcards):
-        return expand("results/runs/" + CELL + "/" + name, method=GRID["methods"], fold=GRID["folds"], allow_missing=True)
+        return expand(f"results/runs/{CELL}/{name}", method=GRID["methods"], fold=GRID["folds"], allow_missing=True)
 
     return files
 
 
 def panel_metric_files():
     """Metrics of every method x fold of a panel, in the order of panel_run_files."""
-    return expand("results/metrics/" + CELL + ".json", method=GRID["methods"], fold=GRID["folds"], allow_missing=True)
+    return expand(f"results/metrics/{CELL}.json", method=GRID["methods"], fold=GRID["folds"], allow_missing=True)
 
 
 def all_metrics(wildcards):
-    return expand("results/metrics/" + CELL + ".json", zip, **_columns(grid_cells()))
+    return expand(f"results/metrics/{CELL}.json", zip, **_columns(grid_cells()))
 
 
 def panel_histories(wildcards):

@@ -7,19 +7,19 @@ rule train:
         features=feature_files,
         tracking=TRACKING_SENTINEL,
     output:
-        history="results/runs/" + CELL + "/history.csv",
-        predictions="results/runs/" + CELL + "/predictions.npz",
-        model="results/runs/" + CELL + "/model.pt",
-        run="results/runs/" + CELL + "/run.json",
+        history="results/runs/{dataset}/{backbone}/{fusion}/{method}/fold{fold}/history.csv",
+        predictions="results/runs/{dataset}/{backbone}/{fusion}/{method}/fold{fold}/predictions.npz",
+        model="results/runs/{dataset}/{backbone}/{fusion}/{method}/fold{fold}/model.pt",
+        run="results/runs/{dataset}/{backbone}/{fusion}/{method}/fold{fold}/run.json",
     params:
         settings=cell_settings,
         features=features_dir,
         out=run_dir,
         checkpoint=checkpoint_path,
     log:
-        "logs/train/" + CELL + ".log",
+        "logs/train/{dataset}/{backbone}/{fusion}/{method}/fold{fold}.log",
     benchmark:
-        "benchmarks/train/" + CELL + ".tsv"
+        "benchmarks/train/{dataset}/{backbone}/{fusion}/{method}/fold{fold}.tsv"
     threads: config["train"]["threads"]
     resources:
         gpu=train_gpus,

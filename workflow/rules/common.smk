@@ -57,9 +57,10 @@ def feature_files(wildcards):
 
 
 def tracking_uri():
-    """The configured URI, or a SQLite store inside results/ (absolute, so every
-    job finds it whatever its working directory)."""
-    return config["tracking"]["uri"] or f"sqlite:///{Path('results/mlflow/mlflow.db').resolve()}"
+    """The configured URI, or a SQLite store inside results/. The path is
+    relative to the working directory every job runs in, so moving the project
+    does not change any job's settings (and retrain it)."""
+    return config["tracking"]["uri"] or "sqlite:///results/mlflow/mlflow.db"
 
 
 def cell_settings(wildcards):

@@ -140,3 +140,9 @@ def test_unknown_fold_is_named(tiny_store):
 def test_bad_clip_name_is_named():
     with pytest.raises(ValueError, match="1001_XYZ_ANG_XX"):
         cremad.parse_clip_name("1001_XYZ_ANG_XX")
+
+
+def test_audio_groups_must_cover_every_emotion_once(tmp_path, tiny_generator_settings):
+    bad = tiny_generator_settings | {"audio_groups": [["NEU", "HAP"], ["SAD"], ["DIS", "ANG"]]}
+    with pytest.raises(ValueError, match="audio_groups"):
+        synthetic.generate(tmp_path, bad)

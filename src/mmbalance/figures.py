@@ -90,13 +90,18 @@ def plot_balance_over_training(histories: dict[str, pd.DataFrame], out_path: str
 
 
 def _plot_history_columns(ax: Axes, histories: dict[str, pd.DataFrame], prefix: str) -> None:
-    """One line per column starting with ``prefix``: colour by method, line style by modality."""
+    """One line per column starting with ``prefix``: colour by method, line style by modality.
+    Columns a run never filled (a unimodal baseline's other modality) are left out."""
+    suffixes = sorted({c.removeprefix(prefix) for h in histories.values() for c in h.columns if c.startswith(prefix)})
+    linestyle = dict(zip(suffixes, cycle(LINESTYLES)))
     plotted = False
     for method_index, (method, history) in enumerate(histories.items()):
-        columns = sorted(column for column in history.columns if column.startswith(prefix))
-        for column, linestyle in zip(columns, cycle(LINESTYLES)):
-            ax.plot(history["epoch"], history[column], color=f"C{method_index}", linestyle=linestyle,
-                    label=f"{method} {column.removeprefix(prefix)}")
+        for column in sorted(c for c in history.columns if c.startswith(prefix)):
+            if history[column].isna().all():
+                continue
+            suffix = column.removeprefix(prefix)
+            ax.plot(history["epoch"], history[column], color=f"C{method_index}", linestyle=linestyle[suffix],
+                    label=f"{method} {suffix}")
             plotted = True
     if plotted:
         ax.legend(fontsize="x-small")

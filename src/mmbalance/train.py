@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from mmbalance.balancers import build_balancer
+from mmbalance.balancers.base import true_class_confidence
 from mmbalance.data.features import FeatureStore
 from mmbalance.devices import select_device
 from mmbalance.io import write_atomic, write_text_atomic
@@ -95,6 +95,20 @@ def accuracies(probs: dict[str, np.ndarray], labels: np.ndarray, split: str) -> 
     return acc
 
 
+def dominance_ratios(unimodal: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+    """`ratio_<m>`: modality m's mean true-class confidence over the mean of the
+    others' (OGM-GE's discrepancy ratio), measured on the heads the same way for
+    every method, so figures compare methods on one scale."""
+    if len(unimodal) < 2:
+        return {}
+    scores = {m: true_class_confidence(logits, labels).mean().item() for m, logits in unimodal.items()}
+    ratios = {}
+    for m, score in scores.items():
+        others = [v for k, v in scores.items() if k != m]
+        ratios[f"ratio_{m}"] = score / max(sum(others) / len(others), 1e-8)
+    return ratios
+
+
 def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, data_order) -> dict[str, float]:
     model.train()
     sums, count, correct = defaultdict(float), 0, 0
@@ -108,13 +122,7 @@ def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, 
         (objective + out.probe_loss(labels)).backward()
         logs |= balancer.after_backward(model, out, labels, epoch)
         optimizer.step()
-        # Dominance of each modality, the same measure for every method: its
-        # head's mean true-class confidence over the others' mean.
-        if len(out.unimodal) > 1:
-            scores = {m: F.softmax(z.detach(), 1).gather(1, labels[:, None]).mean().item() for m, z in out.unimodal.items()}
-            for m, s in scores.items():
-                others = [v for k, v in scores.items() if k != m]
-                logs[f"ratio_{m}"] = s / max(sum(others) / len(others), 1e-8)
+        logs |= dominance_ratios(out.unimodal, labels)
         n = len(batch)
         count += n
         correct += int((out.fused.argmax(1) == labels).sum())

@@ -171,6 +171,11 @@ def generate(raw_dir: Path, settings: dict, workers: int = 1) -> list[str]:
     AudioWAV) and the last video is a git-lfs pointer stub, which is what a zip
     download or an exhausted LFS budget gives instead of media.
     """
+    grouped = sorted(e for group in settings["audio_groups"] for e in group)
+    if grouped != sorted(cremad.EMOTIONS):
+        raise ValueError(
+            f"generator setting audio_groups must list each of {list(cremad.EMOTIONS)} exactly once, got {settings['audio_groups']}"
+        )
     raw_dir = Path(raw_dir)
     for sub in ("AudioWAV", "VideoFlash", "processedResults"):
         (raw_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 
 from mmbalance.balancers import build_balancer
-from mmbalance.balancers.base import true_class_confidence
+from mmbalance.balancers.base import EpochContext, true_class_confidence
 from mmbalance.data.features import FeatureStore
 from mmbalance.devices import select_device
 from mmbalance.io import write_atomic, write_text_atomic
@@ -109,6 +110,18 @@ def dominance_ratios(unimodal: dict[str, torch.Tensor], labels: torch.Tensor) ->
     return ratios
 
 
+def sample_batches(store, rows, modalities, batch_size, seed, epoch, split: str, fraction: float = 1.0):
+    """(inputs, labels) over a shuffled fraction of a split, for the epoch hooks.
+    Its own generator, seeded by (seed, epoch): the training order is untouched
+    and a resumed run draws the same samples."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    members = rows[split][torch.randperm(len(rows[split]), generator=generator)]
+    members = members[: max(1, round(fraction * len(members)))]
+    for start in range(0, len(members), batch_size):
+        batch = members[start : start + batch_size]
+        yield store.inputs(batch, modalities), store.labels[batch]
+
+
 def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, data_order) -> dict[str, float]:
     model.train()
     sums, count, correct = defaultdict(float), 0, 0
@@ -116,7 +129,7 @@ def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, 
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         labels = store.labels[batch]
-        out = model(store.inputs(batch, model.modalities))
+        out = balancer.forward(model, store.inputs(batch, model.modalities), labels, epoch)
         objective, logs = balancer.loss(out, labels, epoch)
         optimizer.zero_grad(set_to_none=True)
         (objective + out.probe_loss(labels)).backward()
@@ -181,11 +194,14 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
         for epoch in range(start_epoch, recipe["epochs"]):
             began = time.perf_counter()
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            context = EpochContext(epoch, model, partial(sample_batches, store, rows, model.modalities, recipe["batch_size"], seed, epoch))
+            row |= {f"balance/{k}": v for k, v in balancer.on_epoch_start(context).items()}
             row |= train_one_epoch(model, balancer, optimizer, store, rows["train"], recipe["batch_size"], epoch, data_order)
             val_probs = predict(model, store, rows["val"], recipe["eval_batch_size"])
             test_probs = predict(model, store, rows["test"], recipe["eval_batch_size"])
             row |= accuracies(val_probs, labels[rows["val"].cpu()], "val") | accuracies(test_probs, labels[rows["test"].cpu()], "test")
-            row |= {f"balance/{k}": v for k, v in balancer.on_epoch_end(epoch, row).items()}
+            context.metrics = row
+            row |= {f"balance/{k}": v for k, v in balancer.on_epoch_end(context).items()}
             scheduler.step()
             row["seconds"] = time.perf_counter() - began
             history.append(row)

@@ -1,25 +1,47 @@
 """The balancer interface: the points where the training loop calls a method.
 
-The loop in `mmbalance.train` runs, for every batch,
+The loop in `mmbalance.train` runs, for every epoch,
 
-    out = model(inputs)
-    objective, logs = balancer.loss(out, labels, epoch)
-    (objective + out.probe_loss(labels)).backward()
-    logs |= balancer.after_backward(model, out, labels, epoch)
-    optimizer.step()
+    balancer.on_epoch_start(context)
+    for inputs, labels in training batches:
+        out = balancer.forward(model, inputs, labels, epoch)
+        objective, logs = balancer.loss(out, labels, epoch)
+        (objective + out.probe_loss(labels)).backward()
+        logs |= balancer.after_backward(model, out, labels, epoch)
+        optimizer.step()
+    (validation and test predictions)
+    balancer.on_epoch_end(context)
 
-and after every epoch `balancer.on_epoch_end(epoch, validation)`. A method
-overrides only the points it needs; this class is Joint training. Anything a
-method remembers between steps goes in `state_dict()`, which the checkpoint
-saves, so a resumed run continues exactly.
+A method overrides only the points it needs; this class is Joint training.
+Anything a method remembers between steps goes in `state_dict()`, which the
+checkpoint saves, so a resumed run continues exactly. Hooks return the values
+to log (floats by name): they land in the history and MLflow as `balance/<name>`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from mmbalance.models.multimodal import ModelOutput, MultimodalModel
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EpochContext:
+    """What the epoch hooks see. `batches(split, fraction)` yields (inputs,
+    labels) over a shuffled `fraction` of a split ("train", "val"); the shuffle
+    depends only on the run's seed and the epoch, so a resumed run sees the same
+    batches."""
+
+    epoch: int
+    model: MultimodalModel
+    batches: Callable[[str, float], Iterator[Batch]]
+    metrics: dict[str, float] = field(default_factory=dict)  # this epoch's results so far
 
 
 class Balancer:
@@ -35,6 +57,14 @@ class Balancer:
     def setup(self, model: MultimodalModel) -> None:
         """Called once with the built model, before any step."""
 
+    def on_epoch_start(self, context: EpochContext) -> dict[str, float]:
+        """Before the epoch's first step (PMR recomputes its prototypes)."""
+        return {}
+
+    def forward(self, model: MultimodalModel, inputs: dict[str, torch.Tensor], labels: torch.Tensor, epoch: int) -> ModelOutput:
+        """The training forward pass (AGM adds zero-masked passes)."""
+        return model(inputs)
+
     def loss(self, out: ModelOutput, labels: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         return F.cross_entropy(out.fused, labels), {}
 
@@ -42,7 +72,9 @@ class Balancer:
         """Between backward() and optimizer.step(): gradient modulation."""
         return {}
 
-    def on_epoch_end(self, epoch: int, validation: dict[str, float]) -> dict[str, float]:
+    def on_epoch_end(self, context: EpochContext) -> dict[str, float]:
+        """After validation and test predictions; `context.metrics` holds the
+        epoch's accuracies (`val_acc_<m>` ...). MSLR and OLM update here."""
         return {}
 
     def state_dict(self) -> dict:

@@ -5,13 +5,18 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from mmbalance.balancers import BALANCERS, build_balancer
-from mmbalance.balancers.base import Balancer, true_class_confidence
+from mmbalance.balancers.base import Balancer, EpochContext, true_class_confidence
 from mmbalance.balancers.mlb import mlb_coefficients
+from mmbalance.balancers.mmcosine import cosine_logits
+from mmbalance.balancers.mslr import mslr_ratio
 from mmbalance.balancers.multi_loss import multi_loss
 from mmbalance.balancers.ogm import OGMGE, generalization_enhancement, ogm_coefficients
 from mmbalance.models.multimodal import ModelOutput, build_model
+
+from conftest import SCHEMA
 
 # METHODS.md 4.4: 2 samples, 3 classes, labels [0, 2].
 LABELS = torch.tensor([0, 2])
@@ -157,5 +162,89 @@ def test_mlb_scales_encoder_head_and_fusion_block_but_not_the_shared_bias():
     assert torch.equal(model.fusion.bias.grad, before["fusion.bias"])
 
 
-def test_registry_names_every_method_of_the_default_grid():
-    assert set(BALANCERS) == {"audio_only", "video_only", "joint", "multi_loss", "mlb", "ogm", "ogm_ge"}
+def test_registry_and_schema_list_the_same_methods():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert set(schema["properties"]["grid"]["properties"]["methods"]["items"]["enum"]) == set(BALANCERS)
+    assert set(schema["properties"]["methods"]["properties"]) == set(BALANCERS)
+
+
+def test_mslr_ratio_worked_example():
+    memory = [0.40, 0.45, 0.50, 0.55, 0.60]
+    assert mslr_ratio(memory, 0.66, 5) == pytest.approx(1.32)
+    assert 0.9 * mslr_ratio(memory, 0.66, 5) == pytest.approx(1.188)
+    assert mslr_ratio(memory[:4], 0.66, 5) == 1.0  # memory not full yet
+    # Own numbers: memory [0.2, 0.3] (mean 0.25), accuracy 0.2 -> 0.8.
+    assert mslr_ratio([0.2, 0.3], 0.2, 2) == pytest.approx(0.8)
+
+
+def test_mslr_updates_its_memory_after_the_ratio():
+    model = tiny_model()
+    balancer = build_balancer("mslr", {"initial_rates": {"audio": 0.7, "video": 1.3}, "memory": 2, "parameter_policy": "encoder_fusion_block"})
+    balancer.setup(model)
+    accuracies = [(0.5, 0.2), (0.5, 0.4), (0.6, 0.6), (0.3, 0.5)]
+    factors = []
+    for epoch, (audio, video) in enumerate(accuracies):
+        balancer.on_epoch_end(EpochContext(epoch, model, None, {"val_acc_audio": audio, "val_acc_video": video}))
+        factors.append(dict(balancer.factors))
+    assert factors[1] == {"audio": 0.7, "video": 1.3}  # memory filled only after this epoch
+    # Epoch 2: memory audio [0.5, 0.5], video [0.2, 0.4] -> 0.6/0.5 and 0.6/0.3.
+    assert factors[2] == pytest.approx({"audio": 0.7 * 1.2, "video": 1.3 * 2.0})
+    # Epoch 3: memory audio [0.5, 0.6], video [0.4, 0.6] -> 0.3/0.55 and 0.5/0.5.
+    assert factors[3] == pytest.approx({"audio": 0.7 * 0.3 / 0.55, "video": 1.3})
+    restored = build_balancer("mslr", balancer.settings)
+    restored.setup(model)
+    restored.load_state_dict(balancer.state_dict())
+    assert restored.memory == balancer.memory and restored.factors == balancer.factors
+
+
+def test_mmcosine_worked_example_and_scale_invariance():
+    z = torch.tensor([[3.0, 4.0]])
+    weight = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    assert cosine_logits(z, weight, 10.0)[0].tolist() == pytest.approx([6.0, 8.0, 9.899495], abs=1e-5)
+    rescaled = cosine_logits(7 * z, weight * torch.tensor([[0.5], [3.0], [11.0]]), 10.0)
+    assert torch.allclose(rescaled, cosine_logits(z, weight, 10.0))
+
+
+def test_mmcosine_replaces_the_fused_logits():
+    model = tiny_model()
+    balancer = build_balancer("mmcosine", {"scale": 10.0})
+    balancer.setup(model)
+    assert "fusion.bias" not in dict(model.named_parameters())
+    inputs, labels = tiny_batch()
+    out = model(inputs)
+    expected = sum(cosine_logits(out.features[m], model.fusion.blocks[m].weight, 10.0) for m in ("audio", "video"))
+    assert torch.allclose(out.fused, expected) and out.fused.abs().max() <= 20.0 + 1e-5
+    _, logs = balancer.loss(out, labels, 0)
+    assert -1 <= logs["cos_audio"] <= 1
+
+
+@pytest.mark.parametrize(
+    "method, settings, patch, reference",
+    [
+        ("ogm", {"alpha": 0.8, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_conv_weights"}, "mmbalance.balancers.ogm.ogm_coefficients", "joint"),
+        ("mlb", {"alpha": 0.5, "beta_max": 10, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_head_fusion_block", "weights": {}}, "mmbalance.balancers.mlb.mlb_coefficients", "multi_loss"),
+        ("mslr", {"initial_rates": {"audio": 1.0, "video": 1.0}, "memory": 3, "parameter_policy": "encoder_fusion_block"}, None, "joint"),
+    ],
+)
+def test_coefficients_of_one_give_the_unmodulated_update(monkeypatch, method, settings, patch, reference):
+    """With every coefficient forced to 1, a gradient-modulating method takes
+    exactly the optimizer step of the objective it modulates."""
+    if patch:
+        monkeypatch.setattr(patch, lambda scores, *args: (torch.ones_like(scores), torch.ones_like(scores)))
+
+    def one_step(name, method_settings):
+        balancer = build_balancer(name, method_settings)
+        model = tiny_model(heads_are_probes=not balancer.trains_unimodal_heads)
+        balancer.setup(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        inputs, labels = tiny_batch()
+        out = balancer.forward(model, inputs, labels, 0)
+        objective, _ = balancer.loss(out, labels, 0)
+        (objective + out.probe_loss(labels)).backward()
+        balancer.after_backward(model, out, labels, 0)
+        optimizer.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    reference_settings = {"weights": {}} if reference == "multi_loss" else {}
+    for modulated, plain in zip(one_step(method, settings), one_step(reference, reference_settings)):
+        assert torch.equal(modulated, plain)

@@ -77,10 +77,15 @@ def test_stale_checkpoint_from_other_settings_is_ignored(tiny_store, train_setti
     assert len(pd.read_csv(tmp_path / "joint" / "history.csv")) == 2
 
 
-def test_killed_job_resumes_to_the_same_metrics(tiny_store, train_settings, tmp_path):
+# Methods whose state (beyond model and optimizer) must survive the checkpoint.
+STATEFUL_METHODS = ["mlb", "mslr"]
+
+
+@pytest.mark.parametrize("method", STATEFUL_METHODS)
+def test_killed_job_resumes_to_the_same_metrics(tiny_store, train_settings, tmp_path, method):
     """SIGKILL a training process in the middle of an epoch, start it again:
     it resumes from its checkpoint and ends exactly where an uninterrupted run does."""
-    settings = train_settings("mlb", epochs=6)
+    settings = train_settings(method, epochs=6)
 
     def command(name):  # the workflow's command; one thread, as in the default profile
         return [sys.executable, "-m", "mmbalance", "train", "--features", str(tiny_store), "--settings", json.dumps(settings),

@@ -6,6 +6,8 @@ A new method is one module in this package plus one line here.
 from mmbalance.balancers.base import Balancer
 from mmbalance.balancers.joint import Joint
 from mmbalance.balancers.mlb import MLB
+from mmbalance.balancers.mmcosine import MMCosine
+from mmbalance.balancers.mslr import MSLR
 from mmbalance.balancers.multi_loss import MultiLoss
 from mmbalance.balancers.ogm import OGM, OGMGE
 from mmbalance.balancers.unimodal import AudioOnly, VideoOnly
@@ -18,6 +20,8 @@ BALANCERS: dict[str, type[Balancer]] = {
     "mlb": MLB,
     "ogm": OGM,
     "ogm_ge": OGMGE,
+    "mslr": MSLR,
+    "mmcosine": MMCosine,
 }
 
 

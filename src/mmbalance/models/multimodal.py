@@ -66,6 +66,8 @@ class MultimodalModel(nn.Module):
 
         * `encoder_conv_weights`: the encoder's conv kernels only (official OGM-GE);
         * `encoder`: every encoder parameter, BatchNorm included;
+        * `encoder_fusion_block`: the encoder and its block of the fusion layer,
+          i.e. everything behind modality m's additive term (MSLR in the AGM repo);
         * `encoder_head_fusion_block`: the encoder, its unimodal head and its block
           of the fusion layer (official MLB).
         """
@@ -76,6 +78,8 @@ class MultimodalModel(nn.Module):
                 params = [mod.weight for mod in encoder.modules() if isinstance(mod, nn.Conv2d)]
             elif policy == "encoder":
                 params = list(encoder.parameters())
+            elif policy == "encoder_fusion_block":
+                params = list(encoder.parameters()) + self.fusion.modality_parameters(m)
             elif policy == "encoder_head_fusion_block":
                 head = list(self.heads[m].parameters()) if m in self.heads else []
                 params = list(encoder.parameters()) + head + self.fusion.modality_parameters(m)

@@ -1,0 +1,60 @@
+"""MSLR, Modality-Specific Learning Rates (Yao & Mihalcea; METHODS.md 4.9).
+
+The "dynamic" strategy of the two public re-implementations (no author code
+was found): modality m starts from a relative rate c_m^0. After each epoch's
+validation, with a_m the modality's unimodal validation accuracy and a memory
+of its last K accuracies,
+
+    ratio_m = a_m / mean(memory_m)   (1 until the memory holds K values)
+    c_m     = c_m^0 * ratio_m        (not cumulative)
+
+and the memory is updated after the ratio is computed. Every gradient of
+modality m's parameters is multiplied by c_m after backward, which is a
+per-modality learning rate under SGD (METHODS.md 0.3 on Adam). The loss is
+the fused cross-entropy only.
+
+Deviations, stated: a_m comes from the validation split (the AGM repository
+uses test accuracy) and from each modality's probe head (the reference reads
+its own unimodal classifier); training starts from scratch (the paper starts
+from fine-tuned unimodal models, as both re-implementations also do not).
+"""
+
+from __future__ import annotations
+
+from mmbalance.balancers.base import Balancer, scale_gradients
+
+
+def mslr_ratio(memory: list[float], accuracy: float, size: int) -> float:
+    """Current accuracy over the mean of the remembered ones, once `size` are remembered."""
+    if len(memory) < size:
+        return 1.0
+    return accuracy / max(sum(memory) / len(memory), 1e-8)
+
+
+class MSLR(Balancer):
+    def setup(self, model):
+        self.groups = model.parameter_groups(self.settings["parameter_policy"])
+        self.memory = {m: [] for m in model.modalities}
+        self.factors = {m: self.settings["initial_rates"][m] for m in model.modalities}
+
+    def after_backward(self, model, out, labels, epoch):
+        for m, factor in self.factors.items():
+            scale_gradients(self.groups[m], factor)
+        return {f"coeff_{m}": factor for m, factor in self.factors.items()}
+
+    def on_epoch_end(self, context):
+        size = self.settings["memory"]
+        logs = {}
+        for m in self.factors:
+            accuracy = context.metrics[f"val_acc_{m}"]
+            ratio = mslr_ratio(self.memory[m], accuracy, size)
+            self.factors[m] = self.settings["initial_rates"][m] * ratio
+            self.memory[m] = (self.memory[m] + [accuracy])[-size:]
+            logs[f"mslr_ratio_{m}"] = ratio
+        return logs
+
+    def state_dict(self):
+        return {"memory": self.memory, "factors": self.factors}
+
+    def load_state_dict(self, state):
+        self.memory, self.factors = state["memory"], state["factors"]

@@ -119,7 +119,7 @@ def backward(model):
 
 def test_ogm_ge_noises_both_modalities_conv_weights_only():
     model = tiny_model()
-    balancer = OGMGE({"alpha": 0.8, "start_epoch": 0, "end_epoch": 50, "parameter_policy": "encoder_conv_weights"})
+    balancer = OGMGE({"alpha": 0.8, "start_epoch": 0, "end_epoch": 50, "parameter_policy": "encoder_conv_weights", "coefficient": "official", "score_source": "decomposition"})
     balancer.setup(model)
     out, labels = backward(model)
     before = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -132,7 +132,7 @@ def test_ogm_ge_noises_both_modalities_conv_weights_only():
 
 def test_gradient_methods_do_nothing_outside_their_window():
     for name, settings in [
-        ("ogm", {"alpha": 0.8, "start_epoch": 0, "end_epoch": 0, "parameter_policy": "encoder_conv_weights"}),
+        ("ogm", {"alpha": 0.8, "start_epoch": 0, "end_epoch": 0, "parameter_policy": "encoder_conv_weights", "coefficient": "official", "score_source": "decomposition"}),
         ("mlb", {"alpha": 0.5, "beta_max": 10, "start_epoch": 0, "end_epoch": 0, "parameter_policy": "encoder_head_fusion_block", "weights": {}}),
     ]:
         balancer = build_balancer(name, settings)
@@ -221,7 +221,7 @@ def test_mmcosine_replaces_the_fused_logits():
 @pytest.mark.parametrize(
     "method, settings, patch, reference",
     [
-        ("ogm", {"alpha": 0.8, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_conv_weights"}, "mmbalance.balancers.ogm.ogm_coefficients", "joint"),
+        ("ogm", {"alpha": 0.8, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_conv_weights", "coefficient": "official", "score_source": "decomposition"}, "mmbalance.balancers.ogm.ogm_coefficients", "joint"),
         ("mlb", {"alpha": 0.5, "beta_max": 10, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_head_fusion_block", "weights": {}}, "mmbalance.balancers.mlb.mlb_coefficients", "multi_loss"),
         ("mslr", {"initial_rates": {"audio": 1.0, "video": 1.0}, "memory": 3, "parameter_policy": "encoder_fusion_block"}, None, "joint"),
     ],
@@ -248,3 +248,41 @@ def test_coefficients_of_one_give_the_unmodulated_update(monkeypatch, method, se
     reference_settings = {"weights": {}} if reference == "multi_loss" else {}
     for modulated, plain in zip(one_step(method, settings), one_step(reference, reference_settings)):
         assert torch.equal(modulated, plain)
+
+
+def test_ogm_continuous_variant_is_one_at_balance():
+    # rho_v = 2, alpha 0.5: official 1 - tanh(1.0); continuous 1 - tanh(0.5).
+    _, official = ogm_coefficients(torch.tensor([1.0, 2.0], dtype=torch.float64), 0.5)
+    _, continuous = ogm_coefficients(torch.tensor([1.0, 2.0], dtype=torch.float64), 0.5, continuous=True)
+    assert official[1].item() == pytest.approx(1 - math.tanh(1.0))
+    assert continuous[1].item() == pytest.approx(1 - math.tanh(0.5))
+    _, near_balance = ogm_coefficients(torch.tensor([1.0, 1.0001], dtype=torch.float64), 0.8, continuous=True)
+    assert near_balance[1].item() == pytest.approx(1.0, abs=1e-3)
+
+
+class NonLinearFusion(torch.nn.Module):
+    """A stand-in for a fusion that cannot be decomposed (FiLM, Gated, ...)."""
+
+    decomposable = False
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2 * 32, 3)
+
+    def forward(self, features):
+        return self.layer(torch.relu(torch.cat(list(features.values()), dim=1)))
+
+
+def test_ogm_on_a_non_linear_fusion_names_both_and_the_way_out():
+    model = tiny_model()
+    model.fusion = NonLinearFusion()
+    settings = {"alpha": 0.8, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_conv_weights", "coefficient": "official", "score_source": "decomposition"}
+    with pytest.raises(ValueError, match="OGM.*NonLinearFusion.*score_source: heads"):
+        build_balancer("ogm", settings).setup(model)
+    balancer = build_balancer("ogm", settings | {"score_source": "heads"})
+    balancer.setup(model)
+    inputs, labels = tiny_batch()
+    out = model(inputs)
+    assert out.decomposed is None
+    (torch.nn.functional.cross_entropy(out.fused, labels) + out.probe_loss(labels)).backward()
+    assert {"coeff_audio", "coeff_video"} <= set(balancer.after_backward(model, out, labels, 0))

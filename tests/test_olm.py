@@ -123,6 +123,8 @@ def test_full_step_epoch_rates_and_checkpoint_round_trip():
     assert balancer.reference is not None and model.training
     assert [logs[f"olm_r_{o}"] for o in balancer.names] == pytest.approx([1 / 3] * 3)  # reference vs itself
     assert balancer.loss_count == 0
+    reference = copy.deepcopy(balancer.reference)
+    assert reference["train"].tolist() == pytest.approx([logs[f"olm_Ltrain_{o}"] for o in balancer.names])
 
     step(balancer, model, epoch=1, seed=3)
     logs = balancer.on_epoch_end(context(model, 1))
@@ -130,6 +132,8 @@ def test_full_step_epoch_rates_and_checkpoint_round_trip():
     expected = torch.softmax(G.clamp(min=1e-6) / C.clamp(min=1e-6), dim=0)
     assert balancer.rates.tolist() == pytest.approx(expected.tolist(), rel=1e-5)
     assert balancer.rates.sum().item() == pytest.approx(1.0)
+    assert all(torch.equal(balancer.reference[k], reference[k]) for k in ("train", "val"))  # kept from epoch 0
+    assert (balancer.rates - 1 / 3).abs().max().item() > 1e-4
 
     # Round trip: a fresh balancer loaded from the state makes the same next w update.
     restored = OLM(SETTINGS)

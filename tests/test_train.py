@@ -78,7 +78,7 @@ def test_stale_checkpoint_from_other_settings_is_ignored(tiny_store, train_setti
 
 
 # Methods whose state (beyond model and optimizer) must survive the checkpoint.
-STATEFUL_METHODS = ["mlb", "mslr"]
+STATEFUL_METHODS = ["mlb", "mslr", "pmr", "olm", "agm"]
 
 
 @pytest.mark.parametrize("method", STATEFUL_METHODS)

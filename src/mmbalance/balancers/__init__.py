@@ -3,6 +3,7 @@
 A new method is one module in this package plus one line here.
 """
 
+from mmbalance.balancers.agm import AGM
 from mmbalance.balancers.base import Balancer
 from mmbalance.balancers.joint import Joint
 from mmbalance.balancers.mlb import MLB
@@ -10,6 +11,8 @@ from mmbalance.balancers.mmcosine import MMCosine
 from mmbalance.balancers.mslr import MSLR
 from mmbalance.balancers.multi_loss import MultiLoss
 from mmbalance.balancers.ogm import OGM, OGMGE
+from mmbalance.balancers.olm import OLM
+from mmbalance.balancers.pmr import PMR
 from mmbalance.balancers.unimodal import AudioOnly, VideoOnly
 
 BALANCERS: dict[str, type[Balancer]] = {
@@ -22,6 +25,9 @@ BALANCERS: dict[str, type[Balancer]] = {
     "ogm_ge": OGMGE,
     "mslr": MSLR,
     "mmcosine": MMCosine,
+    "pmr": PMR,
+    "olm": OLM,
+    "agm": AGM,
 }
 
 

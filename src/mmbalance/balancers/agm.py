@@ -142,7 +142,7 @@ class AGM(Balancer):
         else:
             coefficients = torch.ones_like(scores)
         self.iteration += 1  # the coefficient above used S_bar from before this batch
-        self.mean_scores = running_mean(self.mean_scores, scores.cpu(), self.iteration)
+        self.mean_scores = running_mean(self.mean_scores, scores, self.iteration)
 
         self.logs = {}
         for i, m in enumerate(self.names):

@@ -11,6 +11,13 @@ and leaves the other at k = 1. For M modalities rho_m = S_m / min_k S_k, which
 is the same for M = 2 (BalanceBenchmark's generalisation). A tie damps nobody;
 the official code damps audio on a tie, an asymmetry we do not copy.
 
+Named options (the official behaviour is the default):
+* `coefficient`: "official" (above) or "continuous", k_u = 1 - tanh(alpha *
+  (rho_u - 1)), which is 1 at balance instead of jumping (METHODS.md 8);
+* `score_source`: "decomposition" (official: W_m z_m + b/M of a linear fusion)
+  or "heads" (the unimodal heads, as the MLB repository does for fusions that
+  cannot be decomposed; here they are probes unless the method trains them).
+
 OGM multiplies the gradients of modality m's encoder conv kernels (the
 official grouping) by k_m. OGM-GE then adds Gaussian noise to *every*
 modality's tensors: g <- k g + N(0, sigma^2), sigma = unbiased std of the
@@ -24,10 +31,10 @@ import torch
 from mmbalance.balancers.base import Balancer, true_class_confidence
 
 
-def ogm_coefficients(scores: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ogm_coefficients(scores: torch.Tensor, alpha: float, continuous: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """scores (M,) -> (rho, k), both (M,)."""
     ratios = scores / scores.min()
-    damped = 1 - torch.tanh(alpha * ratios)
+    damped = 1 - torch.tanh(alpha * (ratios - 1 if continuous else ratios))
     return ratios, torch.where(ratios > 1, damped, torch.ones_like(ratios))
 
 
@@ -41,19 +48,21 @@ class OGM(Balancer):
     add_noise = False
 
     def setup(self, model):
-        if not model.fusion.decomposable:
+        if self.settings["score_source"] == "decomposition" and not model.fusion.decomposable:
             raise ValueError(
-                f"{type(self).__name__} needs unimodal logits from a linear fusion, and "
-                f"fusion {type(model.fusion).__name__} cannot be decomposed"
+                f"{type(self).__name__} reads unimodal logits off a linear fusion, and fusion "
+                f"{type(model.fusion).__name__} cannot be decomposed: set score_source: heads "
+                f"to score each modality by its head instead"
             )
         self.groups = model.parameter_groups(self.settings["parameter_policy"])
 
     def after_backward(self, model, out, labels, epoch):
         if not self.in_window(epoch):
             return {}
-        modalities = list(out.decomposed)
-        scores = torch.stack([true_class_confidence(out.decomposed[m], labels).sum() for m in modalities])
-        ratios, coefficients = ogm_coefficients(scores, self.settings["alpha"])
+        logits = out.decomposed if self.settings["score_source"] == "decomposition" else out.unimodal
+        modalities = list(logits)
+        scores = torch.stack([true_class_confidence(logits[m], labels).sum() for m in modalities])
+        ratios, coefficients = ogm_coefficients(scores, self.settings["alpha"], self.settings["coefficient"] == "continuous")
         for m, k in zip(modalities, coefficients.tolist()):
             for param in self.groups[m]:
                 if param.grad is None:

@@ -58,7 +58,7 @@ class MultimodalModel(nn.Module):
         fused = self.fusion(features)
         head_inputs = {m: z.detach() for m, z in features.items()} if self.heads_are_probes else features
         unimodal = {m: head(head_inputs[m]) for m, head in self.heads.items()} or {self.modalities[0]: fused}
-        decomposed = self.fusion.decompose(features) if self.fusion.decomposable else None
+        decomposed = self.fusion.decompose(features) if getattr(self.fusion, "decomposable", False) else None
         return ModelOutput(fused, unimodal, features, decomposed, self.heads_are_probes and bool(self.heads))
 
     def parameter_groups(self, policy: str) -> dict[str, list[nn.Parameter]]:

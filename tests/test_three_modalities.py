@@ -1,0 +1,72 @@
+"""Every method on a 3-modality toy model (METHODS.md: write for M >= 2 where
+the equations allow it): one full step, with coefficients for each modality."""
+
+import pytest
+import torch
+from torch import nn
+
+from mmbalance.balancers import build_balancer
+from mmbalance.balancers.base import EpochContext
+from mmbalance.models.multimodal import MultimodalModel
+
+from conftest import default_config
+
+MODALITIES = ("a", "b", "c")
+CLASSES = 4
+
+
+class ToyEncoder(nn.Sequential):
+    def __init__(self, size: int, feature_dim: int = 8):
+        super().__init__(nn.Linear(size, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU())
+        self.feature_dim = feature_dim
+
+
+def toy_batch(seed: int, n: int = 12):
+    generator = torch.Generator().manual_seed(seed)
+    inputs = {m: torch.randn(n, 5 + i, generator=generator) for i, m in enumerate(MODALITIES)}
+    return inputs, torch.arange(n) % CLASSES
+
+
+# Toy encoders have no conv layers: modulate whole encoders.
+SETTINGS = {
+    "ogm": {"parameter_policy": "encoder"},
+    "ogm_ge": {"parameter_policy": "encoder"},
+    "mlb": {"weights": {}},
+    "mslr": {"initial_rates": {"a": 0.8, "b": 1.0, "c": 1.2}, "memory": 1},
+    "olm": {},
+    "agm": {},
+    "pmr": {"subset_fraction": 1.0},
+    "mmcosine": {},
+    "multi_loss": {"weights": {}},
+    "joint": {},
+}
+COEFFICIENT_METHODS = {"ogm", "ogm_ge", "mlb", "mslr", "agm"}
+
+
+@pytest.mark.parametrize("method", sorted(SETTINGS))
+def test_one_step_with_three_modalities(method):
+    torch.manual_seed(0)
+    settings = default_config()["methods"][method] | SETTINGS[method]
+    balancer = build_balancer(method, settings)
+    encoders = {m: ToyEncoder(5 + i) for i, m in enumerate(MODALITIES)}
+    model = MultimodalModel(encoders, "late_linear", CLASSES, heads_are_probes=not balancer.trains_unimodal_heads)
+    balancer.setup(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = lambda split, fraction: iter([toy_batch(1), toy_batch(2)])
+    context = EpochContext(0, model, batches)
+    balancer.on_epoch_start(context)
+
+    inputs, labels = toy_batch(0)
+    out = balancer.forward(model, inputs, labels, 0)
+    objective, logs = balancer.loss(out, labels, 0)
+    (objective + out.probe_loss(labels)).backward()
+    logs |= balancer.after_backward(model, out, labels, 0)
+    optimizer.step()
+    context.metrics = {f"val_acc_{m}": 0.5 for m in MODALITIES}
+    logs |= balancer.on_epoch_end(context)
+
+    assert torch.isfinite(objective)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(value == value for value in logs.values()), logs  # no NaN
+    if method in COEFFICIENT_METHODS:
+        assert {f"coeff_{m}" for m in MODALITIES} <= set(logs)

@@ -50,7 +50,9 @@ def test_default_grid_dry_run_lists_every_job(workdir):
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in (result.stdout + result.stderr).splitlines()]
     counts = {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
-    assert counts["train"] == 21 and counts["generate_dataset"] == 1 and counts["init_tracking"] == 1
+    grid = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["grid"]
+    assert counts["train"] == len(grid["methods"]) * len(grid["folds"]) == 36
+    assert counts["generate_dataset"] == counts["init_tracking"] == counts["evaluate"] == 1
 
 
 @pytest.mark.parametrize(

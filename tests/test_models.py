@@ -64,6 +64,12 @@ def test_parameter_policies_on_resnet18(model):
     assert id(model.fusion.bias) not in ids["audio"] | ids["video"]  # shared: nobody's
     assert not ids["audio"] & ids["video"]
 
+    additive = model.parameter_groups("encoder_fusion_block")
+    additive_ids = {id(p) for p in additive["video"]}
+    assert id(model.fusion.blocks["video"].weight) in additive_ids
+    assert not additive_ids & {id(p) for p in model.heads["video"].parameters()}  # the head is not in the additive term
+    assert len(additive["video"]) == len(encoder["video"]) + 1
+
 
 def test_unknown_policy_names_itself(model):
     with pytest.raises(ValueError, match="bogus"):

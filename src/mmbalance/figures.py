@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -17,6 +18,8 @@ from matplotlib.ticker import MaxNLocator
 from mmbalance.aggregate import PANEL_KEYS, ordered_methods
 
 DPI = 150
+# 20 distinct colours: the default cycle repeats after 10, and a grid has 12 methods.
+METHOD_COLOURS = colormaps["tab20"]
 MODALITY_MARKERS = ("v", "^", "s", "D")
 LINESTYLES = ("-", "--", ":", "-.")
 BALANCE_PANELS = (
@@ -100,7 +103,7 @@ def _plot_history_columns(ax: Axes, histories: dict[str, pd.DataFrame], prefix: 
             if history[column].isna().all():
                 continue
             suffix = column.removeprefix(prefix)
-            ax.plot(history["epoch"], history[column], color=f"C{method_index}", linestyle=linestyle[suffix],
+            ax.plot(history["epoch"], history[column], color=METHOD_COLOURS(method_index % 20), linestyle=linestyle[suffix],
                     label=f"{method} {suffix}")
             plotted = True
     if plotted:

@@ -63,6 +63,7 @@ def test_default_grid_dry_run_lists_every_job(workdir):
         ({"train": {"optimizer": {"name": "adamw"}}}, "'adamw' is not one of ['adam', 'sgd']"),
         ({"grid": {"methods": ["joint", "ogmge"]}}, "'ogmge' is not one of"),
         ({"train": {"epochs": 0}}, "0 is less than the minimum of 1"),
+        ({"grid": {"fusions": ["late_linear", "film"]}}, "method 'ogm' needs decomposition, which fusion 'film' does not offer"),
     ],
 )
 def test_wrong_config_stops_the_run_naming_the_key_or_value(tmp_path, config, message):

@@ -9,6 +9,15 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+from mmbalance.compatibility import incompatibility
+
+# A method that cannot run on a fusion stops the run here, naming both.
+for _method in config["grid"]["methods"]:
+    for _fusion in config["grid"]["fusions"]:
+        _reason = incompatibility(_method, config["methods"][_method], _fusion)
+        if _reason:
+            raise ValueError(f"config grid: {_reason}")
+
 GRID = config["grid"]
 CELL = "{dataset}/{backbone}/{fusion}/{method}/fold{fold}"
 FEATURE_FILES = ["frames.npy", "spectrograms.npy", "index.csv", "meta.json"]

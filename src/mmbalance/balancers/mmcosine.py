@@ -9,7 +9,8 @@ and the loss is CE(f). Normalising features and class weights removes the
 dominant modality's advantage in feature and weight norm. This is a change to
 the model, so `setup` swaps the fusion for `CosineFusion`, which shares the
 fusion's blocks: training, validation and test all see the cosine logits.
-It needs a fusion with one linear block per modality (Late-Linear).
+It needs a fusion with one linear classifier block per modality (Late-Linear,
+Sum; Sum's per-block biases are dropped with the rest of the linear form).
 """
 
 from __future__ import annotations
@@ -45,10 +46,9 @@ class CosineFusion(nn.Module):
 
 class MMCosine(Balancer):
     def setup(self, model):
-        blocks = getattr(model.fusion, "blocks", None)
-        if blocks is None:
-            raise ValueError(f"MMCosine needs one linear block per modality, and fusion {type(model.fusion).__name__} has none")
-        model.fusion = CosineFusion(blocks, self.settings["scale"])
+        if not model.fusion.decomposable:
+            raise ValueError(f"MMCosine needs one linear classifier block per modality, and fusion {type(model.fusion).__name__} has none")
+        model.fusion = CosineFusion(model.fusion.blocks, self.settings["scale"])
 
     def loss(self, out, labels, epoch):
         # The target-class cosine of each modality: how well it alone fits the batch.

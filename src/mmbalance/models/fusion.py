@@ -44,7 +44,102 @@ class LateLinear(nn.Module):
         return list(self.blocks[modality].parameters())
 
 
-FUSIONS = {"late_linear": LateLinear}
+class Sum(nn.Module):
+    """Sum fusion: f = sum_m (W_m z_m + b_m), one classifier per modality."""
+
+    decomposable = True
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int):
+        super().__init__()
+        self.blocks = nn.ModuleDict({m: nn.Linear(d, num_classes) for m, d in feature_dims.items()})
+
+    def decompose(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """W_m z_m + b_m (the training-time form of the official code)."""
+        return {m: self.blocks[m](z) for m, z in features.items()}
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.decompose(features).values())
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        return list(self.blocks[modality].parameters())
+
+
+class MidMLP(nn.Module):
+    """Mid-MLP (MLB `cls_type: nonlinear`): h = sum_m W_m z_m + b in R^hidden, then
+    Lin(hidden->hidden), ReLU, dropout and Lin(hidden->C) on ReLU(h). The W_m
+    blocks are modality m's; the rest is shared. Not decomposable."""
+
+    decomposable = False
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, hidden: int = 64, dropout: float = 0.1):
+        super().__init__()
+        self.blocks = nn.ModuleDict({m: nn.Linear(d, hidden, bias=False) for m, d in feature_dims.items()})
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(sum(self.blocks[m](z) for m, z in features.items()) + self.bias)
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        return list(self.blocks[modality].parameters())
+
+
+class FiLM(nn.Module):
+    """FiLM (MLB `x_film`): the first modality conditions the others,
+    (gamma_m, beta_m) = split(Lin(z_0)), f = Lin(sum_{m>0} gamma_m * z_m + beta_m).
+    For audio-video this is the reference: audio conditions video. The FiLM
+    layers are shared fusion parameters (MLB does not scale them)."""
+
+    decomposable = False
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int):
+        super().__init__()
+        first, *others = feature_dims
+        self.conditioning, self.targets = first, others
+        dim = feature_dims[first]
+        if any(feature_dims[m] != dim for m in others):
+            raise ValueError(f"FiLM needs equal feature sizes, got {feature_dims}")
+        self.film = nn.ModuleDict({m: nn.Linear(dim, 2 * dim) for m in others})
+        self.out = nn.Linear(dim, num_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        condition = features[self.conditioning]
+        mixed = 0
+        for m in self.targets:
+            gamma, beta = self.film[m](condition).chunk(2, dim=1)
+            mixed = mixed + gamma * features[m] + beta
+        return self.out(mixed)
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        return []
+
+
+class Gated(nn.Module):
+    """Gated (MLB `x_gate`): g = sigmoid(Lin_0(z_0)) gates each other modality's
+    projection, f = Lin(sum_{m>0} g * Lin_m(z_m)). Lin_0 and Lin_m are modality
+    specific (MLB scales them with their modality); the output layer is shared."""
+
+    decomposable = False
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int):
+        super().__init__()
+        first, *others = feature_dims
+        self.gate, self.targets = first, others
+        dim = feature_dims[first]
+        self.projections = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in feature_dims.items()})
+        self.out = nn.Linear(dim, num_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        gate = torch.sigmoid(self.projections[self.gate](features[self.gate]))
+        return self.out(sum(gate * self.projections[m](features[m]) for m in self.targets))
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        return list(self.projections[modality].parameters())
+
+
+FUSIONS = {"late_linear": LateLinear, "sum": Sum, "mid_mlp": MidMLP, "film": FiLM, "gated": Gated}
 
 
 def build_fusion(name: str, feature_dims: dict[str, int], num_classes: int) -> nn.Module:

@@ -43,7 +43,9 @@ class MultimodalModel(nn.Module):
         self.modalities = list(encoders)
         self.encoders = nn.ModuleDict(encoders)
         dims = {m: encoder.feature_dim for m, encoder in encoders.items()}
-        self.fusion = build_fusion(fusion, dims, num_classes)
+        # One modality (a unimodal baseline): there is nothing to fuse, so every
+        # fusion reduces to the linear classifier of the reference baselines.
+        self.fusion = build_fusion(fusion if len(dims) > 1 else "late_linear", dims, num_classes)
         # One modality: the fused output *is* that modality's output, no head needed.
         self.heads = nn.ModuleDict(
             {m: nn.Linear(d, num_classes) for m, d in dims.items()} if len(dims) > 1 else {}

@@ -1,0 +1,99 @@
+"""Fusions: shapes for M = 2 and 3, decompositions, and the method x fusion
+compatibility matrix (every allowed pair trains one step; the others are refused)."""
+
+import pytest
+import torch
+
+from mmbalance.balancers import BALANCERS, build_balancer
+from mmbalance.compatibility import FUSION_OFFERS, incompatibility, matrix_markdown
+from mmbalance.models.fusion import FUSIONS, build_fusion
+from mmbalance.models.multimodal import build_model
+
+from conftest import default_config
+
+
+@pytest.mark.parametrize("name", sorted(FUSIONS))
+@pytest.mark.parametrize("modalities", [("audio", "video"), ("a", "b", "c")])
+def test_fusion_output_shapes(name, modalities):
+    fusion = build_fusion(name, {m: 16 for m in modalities}, 6)
+    features = {m: torch.randn(5, 16) for m in modalities}
+    assert fusion(features).shape == (5, 6)
+    if fusion.decomposable:
+        parts = fusion.decompose(features)
+        assert set(parts) == set(modalities) and all(p.shape == (5, 6) for p in parts.values())
+
+
+@pytest.mark.parametrize("name", ["late_linear", "sum"])
+def test_linear_decompositions_add_up_to_the_fused_logits(name):
+    torch.manual_seed(0)
+    fusion = build_fusion(name, {"audio": 16, "video": 16}, 6)
+    torch.nn.init.normal_(fusion.blocks["audio"].weight)
+    features = {"audio": torch.randn(4, 16), "video": torch.randn(4, 16)}
+    parts = fusion.decompose(features)
+    assert torch.allclose(parts["audio"] + parts["video"], fusion(features), atol=1e-5)
+    # Sum: each part carries its own bias b_m.
+    if name == "sum":
+        assert torch.allclose(parts["audio"], fusion.blocks["audio"](features["audio"]))
+
+
+def test_declared_offers_match_the_fusion_classes():
+    assert set(FUSION_OFFERS) == set(FUSIONS)
+    for name, fusion_class in FUSIONS.items():
+        assert ("decomposition" in FUSION_OFFERS[name]) == fusion_class.decomposable, name
+
+
+METHOD_SETTINGS = default_config()["methods"]
+PAIRS = [(m, f) for m in sorted(BALANCERS) for f in sorted(FUSIONS)]
+
+
+@pytest.mark.parametrize("method, fusion", PAIRS)
+def test_every_pair_trains_a_step_or_is_refused_by_name(method, fusion):
+    torch.manual_seed(0)
+    balancer = build_balancer(method, METHOD_SETTINGS[method])
+    modalities = list(balancer.modalities or ("audio", "video"))
+    model = build_model(modalities, {"name": "resnet18", "width": 4}, fusion, 3, not balancer.trains_unimodal_heads)
+    reason = incompatibility(method, METHOD_SETTINGS[method], fusion)
+    if reason is not None:
+        with pytest.raises(ValueError, match=type(model.fusion).__name__):
+            balancer.setup(model)
+        assert method in reason and fusion in reason
+        return
+    balancer.setup(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    inputs = {"audio": torch.randn(4, 33, 17), "video": torch.randn(4, 2, 3, 32, 32)}
+    labels = torch.tensor([0, 1, 2, 0])
+    balancer.on_epoch_start(_Context(model, inputs, labels))
+    out = balancer.forward(model, {m: inputs[m] for m in modalities}, labels, 0)
+    objective, _ = balancer.loss(out, labels, 0)
+    (objective + out.probe_loss(labels)).backward()
+    balancer.after_backward(model, out, labels, 0)
+    optimizer.step()
+    assert torch.isfinite(objective)
+
+
+class _Context:
+    def __init__(self, model, inputs, labels):
+        self.epoch, self.model, self.metrics = 0, model, {}
+        self._batch = ({m: inputs[m] for m in model.modalities}, labels)
+
+    def batches(self, split, fraction):
+        return iter([self._batch])
+
+
+def test_ogm_with_head_scores_runs_on_any_fusion():
+    settings = METHOD_SETTINGS["ogm"] | {"score_source": "heads"}
+    assert all(incompatibility("ogm", settings, f) is None for f in FUSIONS)
+    assert "score_source: heads" in incompatibility("ogm", METHOD_SETTINGS["ogm"], "film")
+
+
+def test_matrix_for_the_docs():
+    table = matrix_markdown(["joint", "ogm", "mmcosine"], METHOD_SETTINGS)
+    assert "| ogm | yes | yes | no | no | no |" in table
+    assert "| joint | yes | yes | yes | yes | yes |" in table
+
+
+def test_readme_shows_the_current_matrix():
+    from conftest import ROOT, load_yaml
+
+    config = default_config(load_yaml(ROOT / "config" / "config.yaml"))
+    assert matrix_markdown(config["grid"]["methods"], config["methods"]) in (ROOT / "README.md").read_text()

@@ -17,6 +17,9 @@ from conftest import default_config
 def test_fusion_output_shapes(name, modalities):
     fusion = build_fusion(name, {m: 16 for m in modalities}, 6)
     features = {m: torch.randn(5, 16) for m in modalities}
+    if getattr(fusion, "needs_tokens", False):  # token sequences of different lengths per modality
+        assert fusion({m: torch.randn(5, 3 + i, 16) for i, m in enumerate(modalities)}).shape == (5, 6)
+        return
     assert fusion(features).shape == (5, 6)
     if fusion.decomposable:
         parts = fusion.decompose(features)
@@ -88,8 +91,8 @@ def test_ogm_with_head_scores_runs_on_any_fusion():
 
 def test_matrix_for_the_docs():
     table = matrix_markdown(["joint", "ogm", "mmcosine"], METHOD_SETTINGS)
-    assert "| ogm | yes | yes | no | no | no |" in table
-    assert "| joint | yes | yes | yes | yes | yes |" in table
+    assert "| ogm | yes | yes | no | no | no | no |" in table
+    assert "| joint | yes | yes | yes | yes | yes | yes |" in table
 
 
 def test_readme_shows_the_current_matrix():
@@ -97,3 +100,20 @@ def test_readme_shows_the_current_matrix():
 
     config = default_config(load_yaml(ROOT / "config" / "config.yaml"))
     assert matrix_markdown(config["grid"]["methods"], config["methods"]) in (ROOT / "README.md").read_text()
+
+
+def test_encoder_tokens_pool_to_the_encoder_features():
+    """Transformer fusion reads tokens; the heads read their mean, which must be
+    exactly what the encoder gives every other fusion."""
+    model = build_model(["audio", "video"], {"name": "resnet18", "width": 4}, "transformer", 6, True)
+    audio, video = torch.randn(2, 65, 33), torch.randn(2, 2, 3, 32, 32)
+    assert model.encoders["audio"].tokens(audio).shape == (2, 3 * 2, 32)  # 65x33 -> 3x2 positions
+    assert model.encoders["video"].tokens(video).shape == (2, 2 * 1 * 1, 32)  # 2 frames of 1x1
+    assert torch.allclose(model.encoders["video"].tokens(video).mean(1), model.encoders["video"](video), atol=1e-6)
+
+
+def test_benchmark_step_runs_and_reports():
+    from mmbalance.bench import time_training_step
+
+    result = time_training_step("transformer", batch_size=2, device="cpu", steps=1, warmup=0, width=4)
+    assert result["ms_per_step"] > 0 and result["samples_per_s"] > 0

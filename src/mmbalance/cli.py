@@ -89,6 +89,12 @@ def cmd_figure_balance(args) -> None:
     plot_balance_over_training(histories, args.out)
 
 
+def cmd_benchmark(args) -> None:
+    from mmbalance.bench import run
+
+    run(args.fusions, args.batch_size, args.device, args.steps, args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmbalance", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--histories", type=Path, nargs="+", required=True, help="history.csv of one fold per method")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_figure_balance)
+
+    p = commands.add_parser("benchmark", help="time one training step at the papers' input sizes")
+    p.add_argument("--fusions", nargs="+", default=["late_linear", "transformer"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 

@@ -16,6 +16,7 @@ FUSION_OFFERS = {
     "mid_mlp": set(),
     "film": set(),
     "gated": set(),
+    "transformer": set(),
 }
 
 

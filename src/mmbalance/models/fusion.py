@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torchaudio
 from torch import nn
 
 
@@ -139,7 +140,44 @@ class Gated(nn.Module):
         return list(self.projections[modality].parameters())
 
 
-FUSIONS = {"late_linear": LateLinear, "sum": Sum, "mid_mlp": MidMLP, "film": FiLM, "gated": Gated}
+class TransformerFusion(nn.Module):
+    """Transformer fusion (MLB `tf`): each modality's token sequence (ResNet:
+    the positions of its last feature map) plus a learned modality-type
+    embedding, concatenated after a learned CLS token, through a 2-layer
+    Conformer (torchaudio); the CLS output -> Lin(d->C). All of it is shared
+    fusion (MLB does not scale it). Heads are d/64 (8 at the papers' d = 512);
+    the Conformer's convolution kernel (31) is torchaudio's usual choice, the
+    reference's is not in the code we read."""
+
+    decomposable = False
+    needs_tokens = True
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, layers: int = 2, kernel: int = 31):
+        super().__init__()
+        dim = next(iter(feature_dims.values()))
+        if any(d != dim for d in feature_dims.values()):
+            raise ValueError(f"Transformer fusion needs equal feature sizes, got {feature_dims}")
+        self.type_embedding = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in feature_dims})
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        for parameter in [self.cls, *self.type_embedding.values()]:
+            nn.init.normal_(parameter, std=0.02)
+        self.conformer = torchaudio.models.Conformer(
+            input_dim=dim, num_heads=max(1, dim // 64), ffn_dim=4 * dim, num_layers=layers, depthwise_conv_kernel_size=kernel
+        )
+        self.out = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        sequences = [t + self.type_embedding[m] for m, t in tokens.items()]
+        batch = sequences[0].shape[0]
+        sequence = torch.cat([self.cls.expand(batch, -1, -1), *sequences], dim=1)
+        lengths = torch.full((batch,), sequence.shape[1], device=sequence.device)
+        return self.out(self.conformer(sequence, lengths)[0][:, 0])
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        return []
+
+
+FUSIONS = {"late_linear": LateLinear, "sum": Sum, "mid_mlp": MidMLP, "film": FiLM, "gated": Gated, "transformer": TransformerFusion}
 
 
 def build_fusion(name: str, feature_dims: dict[str, int], num_classes: int) -> nn.Module:

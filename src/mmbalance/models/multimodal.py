@@ -56,8 +56,14 @@ class MultimodalModel(nn.Module):
         self.heads_are_probes = heads_are_probes
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
-        features = {m: self.encoders[m](inputs[m]) for m in self.modalities}
-        fused = self.fusion(features)
+        if getattr(self.fusion, "needs_tokens", False):
+            # Token-level fusion: pool the same tokens for the heads (= the encoder's mean pooling).
+            tokens = {m: self.encoders[m].tokens(inputs[m]) for m in self.modalities}
+            features = {m: t.mean(dim=1) for m, t in tokens.items()}
+            fused = self.fusion(tokens)
+        else:
+            features = {m: self.encoders[m](inputs[m]) for m in self.modalities}
+            fused = self.fusion(features)
         head_inputs = {m: z.detach() for m, z in features.items()} if self.heads_are_probes else features
         unimodal = {m: head(head_inputs[m]) for m, head in self.heads.items()} or {self.modalities[0]: fused}
         decomposed = self.fusion.decompose(features) if getattr(self.fusion, "decomposable", False) else None

@@ -79,6 +79,10 @@ class AudioResNet18(nn.Module):
         maps = self.trunk(spectrogram.unsqueeze(1))
         return maps.mean(dim=(2, 3))
 
+    def tokens(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """(B, N, C): one token per position of the final feature map."""
+        return self.trunk(spectrogram.unsqueeze(1)).flatten(2).transpose(1, 2)
+
 
 class VideoResNet18(nn.Module):
     """Frames (B, T, 3, H, W) -> pooled feature (B, 8*width).
@@ -96,3 +100,9 @@ class VideoResNet18(nn.Module):
         batch, time = frames.shape[:2]
         maps = self.trunk(frames.flatten(0, 1))
         return maps.unflatten(0, (batch, time)).mean(dim=(1, 3, 4))
+
+    def tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T*h*w, C): one token per frame and position of the final feature map."""
+        batch, time = frames.shape[:2]
+        maps = self.trunk(frames.flatten(0, 1))  # (B*T, C, h, w)
+        return maps.unflatten(0, (batch, time)).permute(0, 1, 3, 4, 2).flatten(1, 3)

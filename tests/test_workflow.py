@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from conftest import ROOT, TINY_RECIPE
 
 TINY_CONFIG = {
-    "grid": {"methods": ["audio_only", "joint", "mlb"], "folds": [2]},
+    "grid": {"methods": ["audio_only", "joint", "mlb"], "folds": [2], "fusions": ["late_linear", "film"]},
     "datasets": {"synthetic_cremad": {"generator": {"actors": 6, "sentences": 1, "video_width": 64, "video_height": 48}, "preprocessing": TINY_RECIPE}},
     "backbones": {"resnet18": {"width": 4}},
     "train": {"epochs": 2, "batch_size": 8, "device": "cpu"},
@@ -43,6 +43,16 @@ def write_config(path: Path, config: dict) -> Path:
 def test_lint_is_clean():
     result = snakemake("--lint")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "config").glob("*.yaml") if p.name != "config.yaml"))
+def test_every_shipped_grid_validates_and_dry_runs(workdir, config):
+    result = snakemake("-n", "--quiet", "rules", "--directory", str(workdir), "--configfile", str(ROOT / "config" / config))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line.split() for line in (result.stdout + result.stderr).splitlines()]
+    counts = {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
+    grid = yaml.safe_load((ROOT / "config" / config).read_text())["grid"]
+    assert counts["train"] == len(grid["fusions"]) * len(grid["methods"]) * 3
 
 
 def test_default_grid_dry_run_lists_every_job(workdir):
@@ -81,7 +91,7 @@ def test_tiny_grid_end_to_end(workdir):
     tables = tmp_path / "results" / "tables"
     summary = (tables / "summary.md").read_text()
     assert summary.startswith("Protocol: synthetic_cremad: actor-disjoint") and "| mlb |" in summary
-    for figure in ["accuracy_per_method.png", "synthetic_cremad/resnet18/late_linear/balance_over_training.png"]:
+    for figure in ["accuracy_per_method.png", "synthetic_cremad/resnet18/late_linear/balance_over_training.png", "synthetic_cremad/resnet18/film/balance_over_training.png"]:
         assert (tmp_path / "results" / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "synthetic_cremad/resnet18/late_linear/joint/acc_mean" in (tmp_path / "results" / "summary.json").read_text()
     # Preprocessing logged the skipped pointer stub with its reason.
@@ -89,7 +99,9 @@ def test_tiny_grid_end_to_end(workdir):
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mmbalance").experiment_id])
-    assert sorted(r.data.tags["method"] for r in runs) == ["audio_only", "joint", "mlb"]
+    assert sorted((r.data.tags["fusion"], r.data.tags["method"]) for r in runs) == [
+        (f, m) for f in ("film", "late_linear") for m in ("audio_only", "joint", "mlb")
+    ]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert all(r.data.tags["fold"] == "2" and r.data.tags["data_hash"] for r in runs)
 

@@ -52,7 +52,6 @@ import math
 from itertools import combinations
 
 import torch
-import torch.nn.functional as F
 
 from mmbalance.balancers.base import Balancer
 from mmbalance.models.multimodal import ModelOutput

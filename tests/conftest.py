@@ -16,6 +16,25 @@ from mmbalance.tracking import init_store
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
+# The Conformer backbone's layout at toy sizes, random weights (tests never download).
+TINY_CONFORMER = {
+    "audio": {
+        "bundle": "WAV2VEC2_LARGE_LV60K",
+        "layers": 1,
+        "weights": "random",
+        "architecture": {
+            "extractor_conv_layer_config": [[16, 10, 5], [16, 3, 2], [16, 3, 2], [16, 3, 2], [16, 3, 2], [16, 2, 2], [16, 2, 2]],
+            "encoder_embed_dim": 32,
+            "encoder_num_heads": 2,
+            "encoder_ff_interm_features": 64,
+            "encoder_pos_conv_kernel": 16,
+            "encoder_pos_conv_groups": 4,
+        },
+    },
+    "video": {"weights": "random", "frame_size": 32},
+    "conformer": {"projection_dim": 8, "dim": 16, "heads": 2, "ffn_dim": 32, "layers": 1, "kernel_size": 3, "dropout": 0.1},
+}
+
 TINY_RECIPE = {"frames": 2, "fps": 1.0, "frame_size": 32, "sample_rate": 8000, "seconds": 1.0, "n_fft": 128, "hop_length": 125}
 
 
@@ -47,6 +66,15 @@ def tiny_store(tmp_path_factory, tiny_raw) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_embeddings(tmp_path_factory, tiny_raw) -> Path:
+    from mmbalance.data import embeddings
+
+    store = tmp_path_factory.mktemp("features") / "synthetic_cremad" / "conformer"
+    embeddings.extract_cremad(tiny_raw, tiny_raw / "data_splits.json", store, TINY_RECIPE, TINY_CONFORMER)
+    return store
+
+
+@pytest.fixture(scope="session")
 def tracking(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -58,13 +86,13 @@ def tracking(tmp_path_factory) -> dict:
 def train_settings(tracking):
     """Settings of one tiny training run; call with the method and overrides."""
 
-    def make(method: str, fold: int = 1, epochs: int = 2, **train_overrides) -> dict:
-        config = default_config({"backbones": {"resnet18": {"width": 4}}})
+    def make(method: str, fold: int = 1, epochs: int = 2, backbone: str = "resnet18", fusion: str = "late_linear", **train_overrides) -> dict:
+        config = default_config({"backbones": {"resnet18": {"width": 4}, "conformer": TINY_CONFORMER}})
         return {
-            "cell": {"dataset": "synthetic_cremad", "backbone": "resnet18", "fusion": "late_linear", "method": method, "fold": fold},
+            "cell": {"dataset": "synthetic_cremad", "backbone": backbone, "fusion": fusion, "method": method, "fold": fold},
             "seed": fold,
-            "backbone": {"name": "resnet18", "width": 4},
-            "fusion": "late_linear",
+            "backbone": {"name": backbone} | config["backbones"][backbone],
+            "fusion": fusion,
             "method": method,
             "method_settings": config["methods"][method],
             "train": {k: v for k, v in config["train"].items() if k not in ("threads", "mem_mb", "runtime")}

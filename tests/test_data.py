@@ -1,6 +1,7 @@
 """The generated default in CREMA-D's real formats, media decoding and the
 feature store."""
 
+import shutil
 import csv
 
 import av
@@ -127,8 +128,11 @@ def test_feature_store(tiny_store):
     assert batch["video"].shape == (3, 2, 3, 32, 32) and batch["audio"].shape == (3, 65, 65)
 
 
-def test_missing_store_says_which_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="frames.npy"):
+def test_missing_store_says_which_file(tmp_path, tiny_store):
+    with pytest.raises(FileNotFoundError, match="lacks meta.json"):
+        FeatureStore.load(tmp_path)
+    shutil.copy(tiny_store / "meta.json", tmp_path / "meta.json")
+    with pytest.raises(FileNotFoundError, match="lacks spectrograms.npy"):
         FeatureStore.load(tmp_path)
 
 

@@ -9,7 +9,7 @@ from mmbalance.compatibility import FUSION_OFFERS, incompatibility, matrix_markd
 from mmbalance.models.fusion import FUSIONS, build_fusion
 from mmbalance.models.multimodal import build_model
 
-from conftest import default_config
+from conftest import TINY_CONFORMER, default_config
 
 
 @pytest.mark.parametrize("name", sorted(FUSIONS))
@@ -49,12 +49,21 @@ METHOD_SETTINGS = default_config()["methods"]
 PAIRS = [(m, f) for m in sorted(BALANCERS) for f in sorted(FUSIONS)]
 
 
+# Each backbone at toy sizes, with inputs of the shapes its feature store holds.
+BACKBONES = {
+    "resnet18": ({"name": "resnet18", "width": 4}, {"audio": (33, 17), "video": (2, 3, 32, 32)}),
+    "conformer": ({"name": "conformer"} | TINY_CONFORMER, {"audio": (9, 16), "video": (2, 1408)}),
+}
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("method, fusion", PAIRS)
-def test_every_pair_trains_a_step_or_is_refused_by_name(method, fusion):
+def test_every_pair_trains_a_step_or_is_refused_by_name(method, fusion, backbone):
     torch.manual_seed(0)
     balancer = build_balancer(method, METHOD_SETTINGS[method])
     modalities = list(balancer.modalities or ("audio", "video"))
-    model = build_model(modalities, {"name": "resnet18", "width": 4}, fusion, 3, not balancer.trains_unimodal_heads)
+    settings, shapes = BACKBONES[backbone]
+    model = build_model(modalities, settings, fusion, 3, not balancer.trains_unimodal_heads)
     reason = incompatibility(method, METHOD_SETTINGS[method], fusion)
     if reason is not None:
         with pytest.raises(ValueError, match=type(model.fusion).__name__):
@@ -63,7 +72,7 @@ def test_every_pair_trains_a_step_or_is_refused_by_name(method, fusion):
         return
     balancer.setup(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    inputs = {"audio": torch.randn(4, 33, 17), "video": torch.randn(4, 2, 3, 32, 32)}
+    inputs = {m: torch.randn(4, *shape) for m, shape in shapes.items()}
     labels = torch.tensor([0, 1, 2, 0])
     balancer.on_epoch_start(_Context(model, inputs, labels))
     out = balancer.forward(model, {m: inputs[m] for m in modalities}, labels, 0)
@@ -112,8 +121,18 @@ def test_encoder_tokens_pool_to_the_encoder_features():
     assert torch.allclose(model.encoders["video"].tokens(video).mean(1), model.encoders["video"](video), atol=1e-6)
 
 
-def test_benchmark_step_runs_and_reports():
+def test_conformer_tokens_pool_to_the_encoder_features():
+    model = build_model(["audio", "video"], BACKBONES["conformer"][0], "transformer", 6, True).eval()
+    audio, video = torch.randn(2, 9, 16), torch.randn(2, 3, 1408)
+    assert model.encoders["audio"].tokens(audio).shape == (2, 9, 16)
+    assert model.encoders["video"].tokens(video).shape == (2, 3, 16)
+    assert torch.allclose(model.encoders["audio"].tokens(audio).mean(1), model.encoders["audio"](audio), atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "conformer"])
+def test_benchmark_step_runs_at_paper_sizes(backbone):
     from mmbalance.bench import time_training_step
 
-    result = time_training_step("transformer", batch_size=2, device="cpu", steps=1, warmup=0, width=4)
+    result = time_training_step(backbone, "late_linear", batch_size=1, device="cpu", steps=1, warmup=0)
     assert result["ms_per_step"] > 0 and result["samples_per_s"] > 0
+    assert 10 < result["parameters_m"] < 250  # ResNet18 x2 ~22 M; 12-layer wav2vec2-large + two Conformers ~200 M

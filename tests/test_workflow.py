@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY_RECIPE
+from conftest import ROOT, TINY_CONFORMER, TINY_RECIPE
 
 TINY_CONFIG = {
     "grid": {"methods": ["audio_only", "joint", "mlb"], "folds": [2], "fusions": ["late_linear", "film"]},
@@ -52,7 +52,7 @@ def test_every_shipped_grid_validates_and_dry_runs(workdir, config):
     rows = [line.split() for line in (result.stdout + result.stderr).splitlines()]
     counts = {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
     grid = yaml.safe_load((ROOT / "config" / config).read_text())["grid"]
-    assert counts["train"] == len(grid["fusions"]) * len(grid["methods"]) * 3
+    assert counts["train"] == len(grid.get("backbones", ["resnet18"])) * len(grid["fusions"]) * len(grid["methods"]) * 3
 
 
 def test_default_grid_dry_run_lists_every_job(workdir):
@@ -107,3 +107,20 @@ def test_tiny_grid_end_to_end(workdir):
 
     again = snakemake("-n", "--directory", str(tmp_path), "--configfile", str(config))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_tiny_conformer_cell_extracts_once_then_trains(workdir):
+    """The Conformer backbone: extract_embeddings runs the frozen front-ends once
+    (random weights at toy sizes), then the cell trains on the embeddings."""
+    config = TINY_CONFIG | {
+        "grid": {"backbones": ["conformer"], "fusions": ["late_linear"], "methods": ["joint"], "folds": [2]},
+        "backbones": {"conformer": TINY_CONFORMER},
+        "train": TINY_CONFIG["train"] | {"epochs": 1},
+    }
+    path = write_config(workdir / "tiny_conformer.yaml", config)
+    result = snakemake("--cores", "2", "--directory", str(workdir), "--configfile", str(path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    store = workdir / "results" / "features" / "synthetic_cremad" / "conformer"
+    assert (store / "audio.npy").exists() and (store / "video.npy").exists()
+    assert not (workdir / "results" / "features" / "synthetic_cremad" / "frames.npy").exists()  # no ResNet store needed
+    assert "synthetic_cremad/conformer/late_linear/joint/acc_mean" in (workdir / "results" / "summary.json").read_text()

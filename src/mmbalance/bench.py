@@ -1,9 +1,16 @@
 """Throughput of one training step at the papers' input sizes (a benchmark,
-not a test): `python -m mmbalance benchmark [--device cuda] [--fusion ...]`.
+not a test): `python -m mmbalance benchmark [--device cuda] [--backbones ...] [--fusions ...]`.
 
-ResNet18 at width 64 with recipe-A spectrograms (257 x 188) and 3 RGB frames of
-224 x 224 (MLB's CREMA-D setting); Joint training with Adam. Prints ms per step,
-samples per second and, on a GPU, peak memory.
+* ResNet18 at width 64 with recipe-A spectrograms (257 x 188) and 3 RGB frames
+  of 224 x 224 (MLB's CREMA-D setting).
+* Conformer at the MLB sizes (random weights: speed does not depend on them)
+  on the embeddings of a 3 s clip: 149 wav2vec2 CNN steps into the 12-layer
+  wav2vec2-large and 90 face-frame EfficientNet-B2 features (30 fps), each then
+  the 5-layer Conformer. Also the frozen extraction of one such clip (wav2vec2
+  CNN + EfficientNet-B2 on 90 frames of 288 px), which runs once per clip.
+
+Joint training with Adam. Prints ms per step, samples per second and, on a
+GPU, peak memory.
 """
 
 from __future__ import annotations
@@ -15,37 +22,81 @@ import torch.nn.functional as F
 
 from mmbalance.models.multimodal import build_model
 
-PAPER_INPUTS = {"audio": (257, 188), "video": (3, 3, 224, 224)}
+PAPER_INPUTS = {
+    "resnet18": {"audio": (257, 188), "video": (3, 3, 224, 224)},
+    "conformer": {"audio": (149, 512), "video": (90, 1408)},
+}
+CONFORMER = {
+    "name": "conformer",
+    "audio": {"bundle": "WAV2VEC2_LARGE_LV60K", "layers": 12, "weights": "random", "architecture": {}},
+    "video": {"weights": "random", "frame_size": 288},
+    "conformer": {"projection_dim": 50, "dim": 512, "heads": 8, "ffn_dim": 2048, "layers": 5, "kernel_size": 31, "dropout": 0.1},
+}
+BACKBONES = {"resnet18": {"name": "resnet18", "width": 64}, "conformer": CONFORMER}
 
 
-def time_training_step(fusion: str, batch_size: int, device: str, steps: int, warmup: int = 2, width: int = 64) -> dict:
-    torch.manual_seed(0)
-    model = build_model(["audio", "video"], {"name": "resnet18", "width": width}, fusion, 6, heads_are_probes=True).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inputs = {m: torch.randn(batch_size, *shape, device=device) for m, shape in PAPER_INPUTS.items()}
-    labels = torch.randint(0, 6, (batch_size,), device=device)
+def _timed(step, steps: int, warmup: int, device: str) -> float:
+    """Seconds per call of `step`, after `warmup` untimed calls."""
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for step in range(warmup + steps):
-        if step == warmup:
-            synchronize()
-            began = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    synchronize()
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize()
+    return (time.perf_counter() - began) / steps
+
+
+def time_training_step(backbone: str, fusion: str, batch_size: int, device: str, steps: int, warmup: int = 2) -> dict:
+    torch.manual_seed(0)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    model = build_model(["audio", "video"], BACKBONES[backbone], fusion, 6, heads_are_probes=True).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    inputs = {m: torch.randn(batch_size, *shape, device=device) for m, shape in PAPER_INPUTS[backbone].items()}
+    labels = torch.randint(0, 6, (batch_size,), device=device)
+
+    def step():
         out = model(inputs)
         loss = F.cross_entropy(out.fused, labels) + out.probe_loss(labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    synchronize()
-    seconds = (time.perf_counter() - began) / steps
-    result = {"fusion": fusion, "batch": batch_size, "device": device, "ms_per_step": 1000 * seconds, "samples_per_s": batch_size / seconds}
+
+    seconds = _timed(step, steps, warmup, device)
+    result = {"backbone": backbone, "fusion": fusion, "batch": batch_size, "device": device,
+              "ms_per_step": 1000 * seconds, "samples_per_s": batch_size / seconds,
+              "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
     if device.startswith("cuda"):
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
 
 
-def run(fusions: list[str], batch_size: int, device: str, steps: int, threads: int) -> None:
+def time_extraction(device: str, steps: int, warmup: int = 1) -> dict:
+    """Frozen front-ends on one 3 s clip with 90 frames (done once per clip)."""
+    from mmbalance.data.embeddings import FrozenExtractors
+
+    extractors = FrozenExtractors(CONFORMER, device)
+    waveform = torch.randn(48000).numpy()
+    frames = torch.randint(0, 255, (90, 288, 288, 3), dtype=torch.uint8).numpy()
+    seconds = _timed(lambda: (extractors.audio_features(waveform), extractors.frame_features(frames)), steps, warmup, device)
+    return {"ms_per_clip": 1000 * seconds, "clips_per_s": 1 / seconds}
+
+
+def run(backbones: list[str], fusions: list[str], batch_size: int | None, device: str, steps: int, threads: int, extraction: bool) -> None:
     torch.set_num_threads(threads)
-    print(f"ResNet18 (width 64), audio {PAPER_INPUTS['audio']}, video {PAPER_INPUTS['video']}, Joint + Adam, torch {torch.__version__}, {threads} CPU thread(s)")
-    for fusion in fusions:
-        r = time_training_step(fusion, batch_size, device, steps)
-        memory = f", peak {r['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in r else ""
-        print(f"{fusion:12s} batch {batch_size:3d} on {device}: {r['ms_per_step']:8.1f} ms/step, {r['samples_per_s']:7.1f} samples/s{memory}")
+    gpu = torch.cuda.get_device_name() if device.startswith("cuda") else f"{threads} CPU thread(s)"
+    print(f"One training step (Joint + Adam), random weights, torch {torch.__version__}, {gpu}")
+    for backbone in backbones:
+        batch = batch_size or (32 if backbone == "resnet18" else 8)  # MLB's batch sizes
+        shapes = ", ".join(f"{m} {s}" for m, s in PAPER_INPUTS[backbone].items())
+        print(f"{backbone}: inputs {shapes}")
+        for fusion in fusions:
+            r = time_training_step(backbone, fusion, batch, device, steps)
+            memory = f", peak {r['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in r else ""
+            print(f"  {fusion:12s} batch {batch:3d} on {device}: {r['ms_per_step']:8.1f} ms/step, "
+                  f"{r['samples_per_s']:7.1f} samples/s, {r['parameters_m']:.1f} M parameters{memory}")
+    if extraction:
+        r = time_extraction(device, steps)
+        print(f"conformer extraction (3 s audio + 90 frames of 288 px) on {device}: {r['ms_per_clip']:.1f} ms/clip, {r['clips_per_s']:.2f} clips/s")

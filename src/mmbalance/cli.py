@@ -37,6 +37,19 @@ def cmd_preprocess(args) -> None:
         logging.info("skipped %s: %s", row["clip"], row["reason"])
 
 
+def cmd_extract(args) -> None:
+    import torch
+
+    from mmbalance.data import embeddings
+    from mmbalance.devices import select_device
+
+    torch.set_num_threads(args.threads)
+    with select_device(args.device) as lease:
+        logging.info("device: %s", lease.describe())
+        index = embeddings.extract_cremad(args.raw, args.folds, args.out, args.recipe, args.backbone, lease.device)
+    logging.info("embeddings store %s: %d clips, %d skipped", args.out, len(index), int(index["skipped"].sum()))
+
+
 def cmd_init_tracking(args) -> None:
     from mmbalance.tracking import init_store
 
@@ -92,7 +105,7 @@ def cmd_figure_balance(args) -> None:
 def cmd_benchmark(args) -> None:
     from mmbalance.bench import run
 
-    run(args.fusions, args.batch_size, args.device, args.steps, args.threads)
+    run(args.backbones, args.fusions, args.batch_size, args.device, args.steps, args.threads, args.extraction)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", type=_json, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_preprocess)
+
+    p = commands.add_parser("extract", help="run the Conformer backbone's frozen front-ends once per clip")
+    p.add_argument("--raw", type=Path, required=True)
+    p.add_argument("--folds", type=Path, required=True)
+    p.add_argument("--recipe", type=_json, required=True)
+    p.add_argument("--backbone", type=_json, required=True, help="backbones.conformer settings (audio, video)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_extract)
 
     p = commands.add_parser("init-tracking", help="create the MLflow store and experiment")
     p.add_argument("--uri", required=True)
@@ -152,8 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_figure_balance)
 
     p = commands.add_parser("benchmark", help="time one training step at the papers' input sizes")
+    p.add_argument("--backbones", nargs="+", default=["resnet18", "conformer"], choices=["resnet18", "conformer"])
     p.add_argument("--fusions", nargs="+", default=["late_linear", "transformer"])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="default: MLB's (32 ResNet18, 8 Conformer)")
+    p.add_argument("--extraction", action="store_true", help="also time the Conformer's frozen extraction per clip")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)

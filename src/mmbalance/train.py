@@ -167,6 +167,7 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
     for split, members in rows.items():
         if len(members) == 0:
             raise ValueError(f"fold {settings['cell']['fold']} has no {split} clips in {features_dir}")
+    store.standardise(rows["train"])
 
     history, best, run_id, start_epoch = [], None, None, 0
     fingerprint = settings_fingerprint(settings)

@@ -21,6 +21,8 @@ for _method in config["grid"]["methods"]:
 GRID = config["grid"]
 CELL = "{dataset}/{backbone}/{fusion}/{method}/fold{fold}"
 FEATURE_FILES = ["frames.npy", "spectrograms.npy", "index.csv", "meta.json"]
+# The Conformer backbone trains on frozen embeddings, extracted once per dataset.
+EMBEDDING_FILES = ["audio.npy", "video.npy", "index.csv", "meta.json"]
 # Every training job reads the tracking store, which must exist first (ECOSYSTEM 0.4).
 TRACKING_SENTINEL = "results/mlflow/initialized.json"
 
@@ -62,7 +64,8 @@ def _columns(rows):
 
 
 def feature_files(wildcards):
-    return expand("results/features/{dataset}/{name}", dataset=wildcards.dataset, name=FEATURE_FILES)
+    """The store a training cell reads: decoded media for ResNet18, frozen embeddings for the Conformer."""
+    return expand(f"{features_dir(wildcards)}/{{name}}", name=EMBEDDING_FILES if wildcards.backbone == "conformer" else FEATURE_FILES)
 
 
 def tracking_uri():
@@ -113,7 +116,21 @@ def raw_dir(wildcards):
 
 
 def features_dir(wildcards):
+    if getattr(wildcards, "backbone", None) == "conformer":
+        return f"results/features/{wildcards.dataset}/conformer"
     return f"results/features/{wildcards.dataset}"
+
+
+def extraction_settings(wildcards):
+    """Only what the frozen front-ends depend on: editing the Conformer's sizes
+    or the number of wav2vec2 layers trained does not re-extract."""
+    conformer = config["backbones"]["conformer"]
+    audio = {k: v for k, v in conformer["audio"].items() if k != "layers"}
+    return json.dumps({"audio": audio, "video": conformer["video"]}, sort_keys=True)
+
+
+def extraction_gpus(wildcards):
+    return 0 if config["train"]["device"] == "cpu" else 1
 
 
 def run_dir(wildcards):
@@ -157,4 +174,10 @@ def protocol():
             f"{r['frames']} frame(s) at {r['fps']:g} fps, {r['frame_size']} px; "
             f"audio log|STFT| n_fft {r['n_fft']}, hop {r['hop_length']} at {r['sample_rate']} Hz over {r['seconds']:g} s"
         )
+        if "conformer" in GRID["backbones"]:
+            c = config["backbones"]["conformer"]
+            parts[-1] += (
+                f"; conformer: frozen wav2vec2 CNN ({c['audio']['bundle']}, {c['audio']['weights']} weights) on 16 kHz audio, "
+                f"EfficientNet-B2 ({c['video']['weights']} weights) on whole {c['video']['frame_size']} px frames"
+            )
     return " | ".join(parts)

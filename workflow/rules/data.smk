@@ -1,5 +1,6 @@
 # Data: write the generated default dataset, then decode every clip once into
-# the feature store that training reads.
+# the feature store that training reads (ResNet18), or run the Conformer's
+# frozen front-ends once per clip into an embeddings store.
 
 
 rule generate_dataset:
@@ -47,3 +48,31 @@ rule preprocess:
         "../envs/mmbalance.yaml"
     shell:
         "python -m mmbalance preprocess --raw {params.raw} --folds {input.folds} --recipe {params.recipe:q} --out {params.out} > {log} 2>&1"
+
+
+rule extract_embeddings:
+    input:
+        manifest="resources/raw/{dataset}/manifest.csv",
+        folds="resources/raw/{dataset}/data_splits.json",
+    output:
+        expand("results/features/{{dataset}}/conformer/{name}", name=EMBEDDING_FILES),
+    params:
+        recipe=preprocessing_recipe,
+        extractors=extraction_settings,
+        raw=raw_dir,
+        out="results/features/{dataset}/conformer",
+        device=config["train"]["device"],
+    log:
+        "logs/extract_embeddings/{dataset}.log",
+    benchmark:
+        "benchmarks/extract_embeddings/{dataset}.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=extraction_gpus,
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../envs/mmbalance.yaml"
+    shell:
+        "python -m mmbalance extract --raw {params.raw} --folds {input.folds} --recipe {params.recipe:q} "
+        "--backbone {params.extractors:q} --out {params.out} --device {params.device} --threads {threads} > {log} 2>&1"

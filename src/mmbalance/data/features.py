@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Array file of each modality, per kind of store.
+STORE_FILES = {
+    "decoded": {"audio": "spectrograms.npy", "video": "frames.npy"},
+    "embeddings": {"audio": "audio.npy", "video": "video.npy"},
+}
 
 
 def preprocess_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: dict) -> pd.DataFrame:
@@ -50,7 +55,7 @@ def preprocess_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: di
     specs = np.lib.format.open_memmap(specs_tmp, "w+", np.float16, (len(clips),) + spec_shape)
     rows = []
     for row, clip in enumerate(clips):
-        entry = {"clip": clip.name, "actor": clip.actor, "label": clip.label, "row": row, "skipped": False, "reason": "", "padded_frames": 0}
+        entry = index_entry(clip, row, folds)
         try:
             waveform = media.decode_audio(clip.wav, recipe["sample_rate"])
             specs[row] = to_spectrogram(media.fit_length(waveform, num_samples))
@@ -58,8 +63,6 @@ def preprocess_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: di
         except media.MediaError as error:
             entry.update(skipped=True, reason=str(error))
             log.warning("skipping %s: %s", clip.name, error)
-        for fold, splits in folds.items():
-            entry[f"fold{fold}"] = next((s for s in cremad.SPLITS if clip.name in splits[s]), "")
         rows.append(entry)
     frames.flush(), specs.flush()
     del frames, specs
@@ -67,12 +70,10 @@ def preprocess_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: di
     os.replace(specs_tmp, out_dir / "spectrograms.npy")
 
     index = pd.DataFrame(rows)
-    listed = set().union(*(s for splits in folds.values() for s in splits.values()))
-    unknown = sorted(listed - set(index["clip"]))
-    if unknown:
-        raise ValueError(f"{folds_file} lists {len(unknown)} clips with no WAV in {raw_dir}, e.g. {unknown[:3]}")
+    check_folds_cover(index, folds, folds_file, raw_dir)
     write_text_atomic(out_dir / "index.csv", index.to_csv(index=False))
     meta = {
+        "kind": "decoded",
         "dataset_format": "cremad",
         "class_names": list(cremad.EMOTIONS),
         "recipe": recipe,
@@ -80,50 +81,94 @@ def preprocess_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: di
         "skipped": int(index["skipped"].sum()),
         "frames_shape": [num_frames, size, size, 3],
         "spectrogram_shape": list(spec_shape),
-        # Tags every run, so a metric can be traced to the exact features it saw.
-        "data_hash": hashlib.sha256(
-            "".join(file_sha256(out_dir / f) for f in ("frames.npy", "spectrograms.npy", "index.csv")).encode()
-        ).hexdigest()[:16],
+        "data_hash": store_hash(out_dir, ["frames.npy", "spectrograms.npy", "index.csv"]),
     }
     write_text_atomic(out_dir / "meta.json", json.dumps(meta, indent=2))
     return index
 
 
+def index_entry(clip: cremad.Clip, row: int, folds: dict) -> dict:
+    """The index row of one clip: identity, label, skip status, split per fold."""
+    entry = {"clip": clip.name, "actor": clip.actor, "label": clip.label, "row": row, "skipped": False, "reason": "", "padded_frames": 0}
+    for fold, splits in folds.items():
+        entry[f"fold{fold}"] = next((s for s in cremad.SPLITS if clip.name in splits[s]), "")
+    return entry
+
+
+def check_folds_cover(index: pd.DataFrame, folds: dict, folds_file: Path, raw_dir: Path) -> None:
+    listed = set().union(*(s for splits in folds.values() for s in splits.values()))
+    unknown = sorted(listed - set(index["clip"]))
+    if unknown:
+        raise ValueError(f"{folds_file} lists {len(unknown)} clips with no WAV in {raw_dir}, e.g. {unknown[:3]}")
+
+
+def store_hash(out_dir: Path, names: list[str]) -> str:
+    """Tags every run, so a metric can be traced to the exact features it saw."""
+    return hashlib.sha256("".join(file_sha256(out_dir / f) for f in names).encode()).hexdigest()[:16]
+
+
 @dataclass
 class FeatureStore:
-    """The whole store in memory, as tensors, with split membership per fold."""
+    """The whole store in memory, as tensors, with split membership per fold.
 
-    frames: torch.Tensor  # uint8 (N, T, H, W, 3)
-    spectrograms: torch.Tensor  # float16 (N, F, S)
+    Two kinds share the index and the fold logic: `decoded` stores (frames and
+    spectrograms, for the ResNet backbone) and `embeddings` stores (frozen
+    per-step features, for the Conformer backbone; see data/embeddings.py).
+    """
+
+    arrays: dict[str, torch.Tensor]  # modality -> raw array as stored
     labels: torch.Tensor  # int64 (N,)
     index: pd.DataFrame
     meta: dict
+    # Embeddings only: per-channel (mean, std) over the fold's training clips.
+    scale: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "decoded")
+
+    @property
+    def frames(self) -> torch.Tensor:  # uint8 (N, T, H, W, 3), decoded stores
+        return self.arrays["video"]
+
+    @property
+    def spectrograms(self) -> torch.Tensor:  # float16 (N, F, S), decoded stores
+        return self.arrays["audio"]
 
     @classmethod
     def load(cls, store_dir: Path) -> "FeatureStore":
         store_dir = Path(store_dir)
-        for name in ("frames.npy", "spectrograms.npy", "index.csv", "meta.json"):
+        if not (store_dir / "meta.json").exists():
+            raise FileNotFoundError(f"feature store {store_dir} lacks meta.json: run the preprocess (or extract) rule first")
+        meta = json.loads((store_dir / "meta.json").read_text())
+        files = STORE_FILES[meta.get("kind", "decoded")]
+        for name in [*files.values(), "index.csv"]:
             if not (store_dir / name).exists():
-                raise FileNotFoundError(f"feature store {store_dir} lacks {name}: run the preprocess rule first")
+                raise FileNotFoundError(f"feature store {store_dir} lacks {name}: run the preprocess (or extract) rule first")
         index = pd.read_csv(store_dir / "index.csv", keep_default_na=False)
         return cls(
-            frames=torch.from_numpy(np.load(store_dir / "frames.npy")),
-            spectrograms=torch.from_numpy(np.load(store_dir / "spectrograms.npy")),
+            arrays={m: torch.from_numpy(np.load(store_dir / name)) for m, name in files.items()},
             labels=torch.tensor(index["label"].to_numpy(), dtype=torch.long),
             index=index,
-            meta=json.loads((store_dir / "meta.json").read_text()),
+            meta=meta,
         )
 
     def to(self, device: torch.device | str) -> "FeatureStore":
         """Keep the whole store on the training device: batches are then index
         lookups, and an epoch is bound by model compute, not by data loading."""
-        self.frames, self.spectrograms, self.labels = (t.to(device) for t in (self.frames, self.spectrograms, self.labels))
+        self.arrays = {m: t.to(device) for m, t in self.arrays.items()}
+        self.labels = self.labels.to(device)
         return self
 
     def inputs(self, rows: torch.Tensor, modalities: list[str]) -> dict[str, torch.Tensor]:
-        """Model inputs for `rows`: log-spectrograms (B, F, S) float32 and frames
-        (B, T, 3, H, W) scaled to [0, 1] and normalised with the ImageNet
-        statistics every reference code uses."""
+        """Model inputs for `rows`. Embeddings: (B, T, C) float32. Decoded:
+        log-spectrograms (B, F, S) float32 and frames (B, T, 3, H, W) scaled to
+        [0, 1] and normalised with the ImageNet statistics every reference code uses."""
+        if self.kind == "embeddings":
+            batch = {m: self.arrays[m][rows].float() for m in modalities}
+            if self.scale is not None:
+                batch = {m: (x - self.scale[m][0]) / self.scale[m][1] for m, x in batch.items()}
+            return batch
         batch = {}
         if "audio" in modalities:
             batch["audio"] = self.spectrograms[rows].float()
@@ -135,6 +180,18 @@ class FeatureStore:
             # would select) hangs or crashes on narrow convs on CPU.
             batch["video"] = ((frames - mean) / std).contiguous()
         return batch
+
+    def standardise(self, train_rows: torch.Tensor) -> None:
+        """Embeddings: standardise each channel with the statistics of the fold's
+        training clips (MLB normalises its face features and waveforms with
+        per-fold training statistics). Decoded stores are left as they are."""
+        if self.kind != "embeddings":
+            return
+        self.scale = {}
+        for m, array in self.arrays.items():
+            x = array[train_rows].float().flatten(0, -2)
+            # A constant channel stays 0 (0 / tiny); a tiny but varying one is rescaled.
+            self.scale[m] = (x.mean(dim=0), x.std(dim=0).clamp_min(torch.finfo(torch.float32).tiny))
 
     @property
     def num_classes(self) -> int:

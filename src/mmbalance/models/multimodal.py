@@ -15,10 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbalance.models.conformer import AudioConformer, VideoConformer
 from mmbalance.models.fusion import build_fusion
 from mmbalance.models.resnet import AudioResNet18, VideoResNet18
 
-ENCODERS = {"audio": AudioResNet18, "video": VideoResNet18}
+# backbone -> modality -> encoder class, built from the backbone's settings.
+ENCODERS = {
+    "resnet18": {"audio": lambda s: AudioResNet18(width=s["width"]), "video": lambda s: VideoResNet18(width=s["width"])},
+    "conformer": {"audio": AudioConformer, "video": VideoConformer},
+}
 
 
 @dataclass
@@ -72,7 +77,9 @@ class MultimodalModel(nn.Module):
     def parameter_groups(self, policy: str) -> dict[str, list[nn.Parameter]]:
         """Which parameters count as modality m's, by a named policy (METHODS.md 0.4):
 
-        * `encoder_conv_weights`: the encoder's conv kernels only (official OGM-GE);
+        * `encoder_conv_weights`: the encoder's kernels only, i.e. its weights with
+          two or more dimensions (official OGM-GE modulates the 4-d conv kernels;
+          on the Conformer backbone these are the conv and linear weights);
         * `encoder`: every encoder parameter, BatchNorm included;
         * `encoder_fusion_block`: the encoder and its block of the fusion layer,
           i.e. everything behind modality m's additive term (MSLR in the AGM repo);
@@ -83,7 +90,7 @@ class MultimodalModel(nn.Module):
         for m in self.modalities:
             encoder = self.encoders[m]
             if policy == "encoder_conv_weights":
-                params = [mod.weight for mod in encoder.modules() if isinstance(mod, nn.Conv2d)]
+                params = [p for p in encoder.parameters() if p.dim() >= 2]
             elif policy == "encoder":
                 params = list(encoder.parameters())
             elif policy == "encoder_fusion_block":
@@ -98,7 +105,7 @@ class MultimodalModel(nn.Module):
 
 
 def build_model(modalities: list[str], backbone: dict, fusion: str, num_classes: int, heads_are_probes: bool) -> MultimodalModel:
-    if backbone["name"] != "resnet18":
-        raise ValueError(f"unknown backbone {backbone['name']!r}; known: ['resnet18']")
-    encoders = {m: ENCODERS[m](width=backbone["width"]) for m in modalities}
+    if backbone["name"] not in ENCODERS:
+        raise ValueError(f"unknown backbone {backbone['name']!r}; known: {sorted(ENCODERS)}")
+    encoders = {m: ENCODERS[backbone["name"]][m](backbone) for m in modalities}
     return MultimodalModel(encoders, fusion, num_classes, heads_are_probes)

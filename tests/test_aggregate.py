@@ -1,10 +1,24 @@
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from mmbalance.aggregate import collect, paired_vs_joint, summarize, write_tables
+from mmbalance.aggregate import (
+    collect,
+    compare_published,
+    load_published,
+    paired_tests,
+    paired_vs_joint,
+    published_markdown,
+    summarize,
+    write_tables,
+)
+
+PUBLISHED_CSV = Path(__file__).resolve().parents[1] / "config" / "published.csv"
 
 PANEL = {"dataset": "cremad", "backbone": "resnet18", "fusion": "concat"}
 # Fused accuracy per fold (1, 2, 3).
@@ -117,3 +131,142 @@ def test_write_tables(metric_paths, tmp_path):
     assert metrics["cremad/resnet18/concat/joint/n_folds"] == 3
     assert "cremad/resnet18/concat/audio_only/acc_std" not in metrics
     assert "cremad/resnet18/concat/audio_only/acc_video_mean" not in metrics
+
+
+def test_paired_vs_joint_tests_three_folds(metric_paths):
+    paired = paired_vs_joint(collect(metric_paths)).set_index("method")
+
+    # Differences .03, .04, .02: t = .03 / (.01 / sqrt 3) = sqrt 27 with 2 degrees of freedom,
+    # whose two-sided p-value is 1 - t / sqrt(t^2 + 2) = 1 - sqrt(27 / 29).
+    assert paired.loc["ogm_ge", "t_pvalue"] == pytest.approx(1 - math.sqrt(27 / 29))
+    assert paired.loc["ogm_ge", "t_pvalue"] == pytest.approx(stats.ttest_rel(OGM_ACC, JOINT_ACC).pvalue)
+    # Wilcoxon, exact: all three differences positive, probability 2 * (1/2)^3 = 0.25.
+    assert paired.loc["ogm_ge", "wilcoxon_pvalue"] == pytest.approx(0.25)
+    # One fold is too few for either test.
+    assert math.isnan(paired.loc["audio_only", "t_pvalue"])
+    assert math.isnan(paired.loc["audio_only", "wilcoxon_pvalue"])
+
+
+def test_paired_tests_where_undefined():
+    # Fewer than three pairs.
+    assert all(math.isnan(p) for p in paired_tests([0.6, 0.7], [0.5, 0.6]))
+    # Differences without spread: no t statistic; Wilcoxon still ranks them (all positive).
+    t_pvalue, wilcoxon_pvalue = paired_tests([0.6, 0.7, 0.8], [0.5, 0.6, 0.7])
+    assert math.isnan(t_pvalue)
+    assert wilcoxon_pvalue == pytest.approx(0.25)
+    # All differences zero: neither test is defined.
+    assert all(math.isnan(p) for p in paired_tests([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]))
+    # Four pairs, larger sample: matches scipy.
+    a, b = [0.61, 0.64, 0.60, 0.70], [0.60, 0.60, 0.62, 0.65]
+    assert paired_tests(a, b) == pytest.approx((stats.ttest_rel(a, b).pvalue, stats.wilcoxon(np.subtract(a, b)).pvalue))
+
+
+def test_published_csv_is_well_formed():
+    published = load_published(PUBLISHED_CSV)
+
+    assert (published["value"].between(0, 100)).all()
+    assert published["source"].str.len().gt(20).all()
+    assert set(published["metric"]) == {"acc", "macro_f1"}
+    assert not published.duplicated().any()
+    cremad = published[published["dataset"] == "CREMA-D"].set_index(["method", "metric", "source"])["value"]
+    # BalanceBenchmark (METHODS.md 6.1) and the OGM-GE paper as quoted in the issues (6.2).
+    assert cremad.xs(("joint", "acc"), level=[0, 1]).sort_values().tolist() == [51.7, 59.81, 65.50]
+    assert cremad.xs(("mmcosine", "macro_f1"), level=[0, 1]).tolist() == [67.34]
+    assert sorted(cremad.xs(("ogm_ge", "acc"), level=[0, 1]).tolist()) == [57.7, 61.25, 61.9, 62.2, 64.41]
+
+
+def _summary_for_published():
+    rows = []
+    for dataset in ["cremad", "synthetic_cremad"]:
+        for fusion in ["late_linear", "sum"]:
+            for method, acc in [("joint", 0.60), ("ogm_ge", 0.64), ("mlb", 0.66)]:
+                for fold in [1, 2, 3]:
+                    rows.append({"dataset": dataset, "backbone": "resnet18", "fusion": fusion, "method": method,
+                                 "fold": fold, "best_epoch": 1, "acc": acc + 0.01 * fold, "macro_f1": acc,
+                                 "mAP": acc, "ece": 0.1})
+    return summarize(pd.DataFrame(rows), ["joint", "ogm_ge", "mlb"])
+
+
+def test_compare_published_joins_only_real_datasets():
+    comparison = compare_published(_summary_for_published(), load_published(PUBLISHED_CSV), "our folds")
+    cremad = comparison[comparison["dataset"] == "cremad"]
+
+    joint = cremad[(cremad["method"] == "joint") & (cremad["fusion"] == "late_linear")]
+    acc = joint[joint["metric"] == "acc"]
+    # BalanceBenchmark (backbone, fusion unspecified), OGM-GE paper, released checkpoint.
+    assert sorted(acc["published"]) == [51.7, 59.81, 65.50]
+    assert acc["ours_mean"].iloc[0] == pytest.approx(62.0)
+    assert acc["ours_std"].iloc[0] == pytest.approx(1.0)
+    assert (acc["our_protocol"] == "our folds").all()
+    assert acc["published_protocol"].str.contains("best epoch chosen on the test set").all()
+    assert joint.loc[joint["metric"] == "macro_f1", "published"].tolist() == [65.07]
+    # The OGM-GE paper's sum-fusion number meets our sum run only, beside BalanceBenchmark's.
+    ogm_ge_sum = cremad[(cremad["method"] == "ogm_ge") & (cremad["fusion"] == "sum") & (cremad["metric"] == "acc")]
+    assert ogm_ge_sum["published"].tolist() == [62.2]
+    # No published MLB number on CREMA-D: a row that says so.
+    mlb = cremad[cremad["method"] == "mlb"]
+    assert len(mlb) == 2 and mlb["published"].isna().all()
+    assert mlb["note"].str.contains("no published number for this method").all()
+
+    # The generated dataset never meets CREMA-D's numbers; one accuracy row per cell says why.
+    synthetic = comparison[comparison["dataset"] == "synthetic_cremad"]
+    assert len(synthetic) == 6
+    assert synthetic["published"].isna().all()
+    assert synthetic["note"].str.contains("'synthetic_cremad' is not mapped").all()
+
+    # A map naming it explicitly would compare it (the caller's decision, not a guess).
+    mapped = compare_published(_summary_for_published(), load_published(PUBLISHED_CSV), "ours",
+                               {"synthetic_cremad": "CREMA-D"})
+    assert mapped.loc[mapped["dataset"] == "synthetic_cremad", "published"].notna().any()
+
+
+def test_published_markdown_names_both_protocols():
+    comparison = compare_published(_summary_for_published(), load_published(PUBLISHED_CSV), "speaker folds | val")
+    markdown = published_markdown(comparison, "speaker folds | val")
+
+    assert markdown.startswith("Our protocol: speaker folds | val\n")
+    assert "| published protocol |" in markdown
+    assert "OGM-GE split (6698 train / 744 test clips, speaker-dependent)" in markdown
+    assert "**synthetic_cremad: no published numbers" in markdown
+    assert "| cremad | resnet18 | late_linear | joint | acc | 62.0 ± 1.0 | 3 | 51.70 |" in markdown
+    # Every table row has the header's number of cells (pipes inside cells are escaped).
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert {line.replace("\\|", "").count("|") for line in table} == {12}
+
+
+def _write_predictions(root, method, labels, correct):
+    path = root / "cremad" / "resnet18" / "concat" / method / "fold1" / "predictions.npz"
+    path.parent.mkdir(parents=True)
+    probs = np.eye(3, dtype=np.float32)[np.where(correct, labels, (labels + 1) % 3)]
+    np.savez(path, labels=labels, class_names=np.array(["a", "b", "c"]), best_epoch=np.array(1), probs_fused=probs)
+    return path
+
+
+def test_write_tables_with_published_and_agreement(metric_paths, tmp_path):
+    labels = np.array([0, 1, 2, 0])
+    predictions = [
+        _write_predictions(tmp_path / "runs", "audio_only", labels, [True, True, False, False]),
+        _write_predictions(tmp_path / "runs", "video_only", labels, [True, False, True, False]),
+        _write_predictions(tmp_path / "runs", "joint", labels, [True, True, True, False]),
+    ]
+    out_dir = tmp_path / "tables"
+    write_tables(metric_paths, out_dir, ["joint"], "ours", out_dir / "summary.json",
+                 published=PUBLISHED_CSV, prediction_paths=predictions)
+
+    assert {"runs.csv", "summary.csv", "paired_vs_joint.csv", "summary.md", "published_comparison.csv",
+            "published_comparison.md", "agreement.csv", "agreement_summary.csv"} <= {p.name for p in out_dir.iterdir()}
+    paired = pd.read_csv(out_dir / "paired_vs_joint.csv")
+    assert {"t_pvalue", "wilcoxon_pvalue"} <= set(paired.columns)
+    comparison = pd.read_csv(out_dir / "published_comparison.csv")
+    assert 65.50 in comparison["published"].tolist()  # the fixture's runs are on cremad
+    agreement = pd.read_csv(out_dir / "agreement.csv")
+    assert agreement["group"].tolist() == ["both wrong", "only audio", "only video", "both right"]
+    assert agreement["n"].tolist() == [1, 1, 1, 1]
+    assert agreement["acc"].tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert len(pd.read_csv(out_dir / "agreement_summary.csv")) == 4
+
+
+def test_write_tables_keeps_its_outputs_without_the_extras(metric_paths, tmp_path):
+    out_dir = tmp_path / "tables"
+    write_tables(metric_paths, out_dir, None, "ours", tmp_path / "summary.json")
+    assert {p.name for p in out_dir.iterdir()} == {"runs.csv", "summary.csv", "paired_vs_joint.csv", "summary.md"}

@@ -12,7 +12,9 @@ from mmbalance.figures import (
     plot_balance_over_training,
     plot_discrepancy_ratio,
     plot_ece_per_method,
+    plot_logit_norms,
     plot_unimodal_curves,
+    read_histories,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -195,3 +197,31 @@ def test_discrepancy_ratio_compares_with_and_without_modulation(tmp_path):
     assert handles[0].get_linestyle() == "--"
     assert handles[1].get_ydata() == pytest.approx(1 + 0.1 * np.arange(5))
     assert not _has_no_data_note(fig)
+
+
+def test_logit_norms_have_a_panel_per_method_and_modality_and_a_line_per_class(tmp_path):
+    def history(scale):
+        epochs = np.arange(4)
+        return pd.DataFrame({"epoch": epochs, "logit_norm/audio/NEU": scale * (1 + epochs), "logit_norm/audio/HAP": scale * 2 + 0 * epochs,
+                             "logit_norm/video/NEU": 0.5 + 0 * epochs, "logit_norm/video/HAP": 0.25 + 0 * epochs})
+
+    histories = {"joint": [history(1.0), history(3.0)], "olm": history(1.0), "mlb": history(9.0)}
+    fig = plot_logit_norms(histories, tmp_path / "norms.png")
+    _assert_png(tmp_path / "norms.png")
+    assert [ax.get_title() for ax in fig.axes] == ["joint: audio head", "joint: video head", "olm: audio head", "olm: video head"]
+    joint_audio = fig.axes[0]
+    assert [line.get_label() for line in joint_audio.get_lines()] == ["HAP", "NEU"]
+    # The mean over joint's two folds (scales 1 and 3) of 2*scale is 4.
+    assert joint_audio.get_lines()[0].get_ydata() == pytest.approx([4, 4, 4, 4])
+    assert not _has_no_data_note(fig)
+    assert _has_no_data_note(plot_logit_norms({"mlb": history(1.0)}, tmp_path / "none.png"))
+
+
+def test_read_histories_groups_folds_by_method(tmp_path):
+    for method, fold in [("joint", 1), ("joint", 2), ("olm", 1)]:
+        path = tmp_path / method / f"fold{fold}" / "history.csv"
+        path.parent.mkdir(parents=True)
+        pd.DataFrame({"epoch": [0], "val_acc": [fold / 10]}).to_csv(path, index=False)
+    histories = read_histories(sorted(tmp_path.glob("*/*/history.csv")))
+    assert sorted(histories) == ["joint", "olm"]
+    assert [h["val_acc"][0] for h in histories["joint"]] == [0.1, 0.2]

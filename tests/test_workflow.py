@@ -91,8 +91,16 @@ def test_tiny_grid_end_to_end(workdir):
     tables = tmp_path / "results" / "tables"
     summary = (tables / "summary.md").read_text()
     assert summary.startswith("Protocol: synthetic_cremad: actor-disjoint") and "| mlb |" in summary
-    for figure in ["accuracy_per_method.png", "synthetic_cremad/resnet18/late_linear/balance_over_training.png", "synthetic_cremad/resnet18/film/balance_over_training.png"]:
-        assert (tmp_path / "results" / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figures = ["accuracy_per_method", "ece_per_method", "accuracy_per_fusion", "agreement"] + [
+        f"synthetic_cremad/resnet18/{fusion}/{name}" for fusion in ("late_linear", "film")
+        for name in ("balance_over_training", "unimodal_curves", "discrepancy_ratio", "logit_norms")
+    ]
+    for figure in figures:
+        assert (tmp_path / "results" / "figures" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Agreement of Joint and MLB with the audio-only baseline: the grid has no
+    # video-only run, so the table is empty but written.
+    assert (tables / "agreement.csv").exists()
+    assert "not mapped" in (tables / "published_comparison.md").read_text()
     assert "synthetic_cremad/resnet18/late_linear/joint/acc_mean" in (tmp_path / "results" / "summary.json").read_text()
     # Preprocessing logged the skipped pointer stub with its reason.
     assert "git-lfs pointer stub" in (tmp_path / "logs" / "preprocess" / "synthetic_cremad.log").read_text()

@@ -81,25 +81,35 @@ def cmd_evaluate(args) -> None:
 def cmd_aggregate(args) -> None:
     from mmbalance.aggregate import write_tables
 
-    write_tables(args.metrics, args.out_dir, args.method_order, args.protocol, args.summary_json)
+    write_tables(args.metrics, args.out_dir, args.method_order, args.protocol, args.summary_json,
+                 published=args.published, prediction_paths=args.predictions)
 
 
-def cmd_figure_accuracy(args) -> None:
+def cmd_figure_tables(args) -> None:
+    """The figures drawn from the tables: MLB Figs. 3, 4, 5 and 6."""
     import pandas as pd
 
-    from mmbalance.figures import plot_accuracy_per_method
+    from mmbalance import figures
 
-    plot_accuracy_per_method(pd.read_csv(args.runs), args.out, args.method_order)
+    figures.DPI = args.dpi
+    runs = pd.read_csv(args.runs)
+    figures.plot_accuracy_per_method(runs, args.out_dir / "accuracy_per_method.png", args.method_order)
+    figures.plot_ece_per_method(runs, args.out_dir / "ece_per_method.png", args.method_order)
+    figures.plot_accuracy_per_fusion(runs, args.out_dir / "accuracy_per_fusion.png", args.method_order)
+    figures.plot_agreement(pd.read_csv(args.agreement), args.out_dir / "agreement.png", args.method_order)
 
 
-def cmd_figure_balance(args) -> None:
-    import pandas as pd
+def cmd_figure_training(args) -> None:
+    """The figures drawn from one panel's training histories."""
+    from mmbalance import figures
 
-    from mmbalance.figures import plot_balance_over_training
-
-    # .../{method}/fold{k}/history.csv: one history per method, keyed by it.
-    histories = {path.parent.parent.name: pd.read_csv(path) for path in args.histories}
-    plot_balance_over_training(histories, args.out)
+    figures.DPI = args.dpi
+    histories = figures.read_histories(args.histories)
+    first_fold = {method: folds[0] for method, folds in histories.items()}
+    figures.plot_balance_over_training(first_fold, args.out_dir / "balance_over_training.png")
+    figures.plot_unimodal_curves(histories, args.out_dir / "unimodal_curves.png")
+    figures.plot_discrepancy_ratio(histories, args.out_dir / "discrepancy_ratio.png")
+    figures.plot_logit_norms(histories, args.out_dir / "logit_norms.png")
 
 
 def cmd_benchmark(args) -> None:
@@ -161,18 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method-order", nargs="+", required=True)
     p.add_argument("--protocol", required=True)
     p.add_argument("--summary-json", type=Path, required=True)
+    p.add_argument("--predictions", type=Path, nargs="+", help="every run's predictions.npz: the agreement tables")
+    p.add_argument("--published", type=Path, help="published numbers (config/published.csv): the comparison table")
     p.set_defaults(func=cmd_aggregate)
 
-    p = commands.add_parser("figure-accuracy", help="accuracy per method with fold spread (MLB Fig. 3)")
+    p = commands.add_parser("figure-tables", help="accuracy, ECE, fusions and agreement figures (MLB Figs. 3-6)")
     p.add_argument("--runs", type=Path, required=True, help="runs.csv written by aggregate")
+    p.add_argument("--agreement", type=Path, required=True, help="agreement.csv written by aggregate")
     p.add_argument("--method-order", nargs="+", required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=cmd_figure_accuracy)
+    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.set_defaults(func=cmd_figure_tables)
 
-    p = commands.add_parser("figure-balance", help="balance ratios, coefficients and unimodal accuracy over training (OGM-GE Fig. 3)")
-    p.add_argument("--histories", type=Path, nargs="+", required=True, help="history.csv of one fold per method")
-    p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=cmd_figure_balance)
+    p = commands.add_parser("figure-training", help="balance, unimodal accuracies and logit norms over training (OGM-GE Fig. 3, OLM Fig. 5)")
+    p.add_argument("--histories", type=Path, nargs="+", required=True, help="history.csv of every method and fold of one panel")
+    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.set_defaults(func=cmd_figure_training)
 
     p = commands.add_parser("benchmark", help="time one training step at the papers' input sizes")
     p.add_argument("--backbones", nargs="+", default=["resnet18", "conformer"], choices=["resnet18", "conformer"])

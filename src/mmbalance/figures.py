@@ -309,3 +309,43 @@ def _plot_fold_curve(ax: Axes, frames: list[pd.DataFrame], column: str, label: s
     if len(values) > 1:
         ax.fill_between(per_epoch.index, per_epoch["min"], per_epoch["max"], color=color, alpha=0.2, linewidth=0)
     return True
+
+
+def plot_logit_norms(histories: Histories, out_path: str | Path, methods: Sequence[str] = ("joint", "olm")) -> Figure:
+    """OLM Fig. 5: the mean logit norm of each modality's head per class over epochs (history
+    columns ``logit_norm/<modality>/<class>``, measured on validation). A row per method among
+    ``methods`` that the panel has, a column per modality, a line per class: under Joint the
+    dominant modality's logits grow larger for every class; OLM should bring them together."""
+    prefix = "logit_norm/"
+    rows = [m for m in methods if m in histories]
+    columns = sorted({c for m in rows for h in _folds(histories[m]) for c in h.columns if c.startswith(prefix)})
+    modalities = sorted({c.split("/")[1] for c in columns})
+    fig = Figure(figsize=(5 * max(1, len(modalities)), 3.8 * max(1, len(rows))), layout="constrained")
+    axes = fig.subplots(max(1, len(rows)), max(1, len(modalities)), squeeze=False, sharey=True)
+    if not rows or not modalities:
+        _write_no_data(axes[0][0])
+    for row_axes, method in zip(axes, rows):
+        for ax, modality in zip(row_axes, modalities):
+            classes = [c for c in columns if c.split("/")[1] == modality]
+            plotted = False
+            for index, column in enumerate(classes):
+                plotted |= _plot_fold_curve(ax, _folds(histories[method]), column, label=column.split("/")[2],
+                                            color=METHOD_COLOURS(index % 20))
+            ax.set_title(f"{method}: {modality} head")
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylabel("mean logit L2 norm (validation)")
+            if plotted:
+                ax.legend(fontsize="x-small", ncol=2)
+            else:
+                _write_no_data(ax)
+    _save(fig, out_path)
+    return fig
+
+
+def read_histories(paths: Sequence[str | Path]) -> dict[str, list[pd.DataFrame]]:
+    """history.csv files at .../{method}/fold{k}/history.csv -> method -> one frame per fold."""
+    histories: dict[str, list[pd.DataFrame]] = {}
+    for path in sorted(map(Path, paths)):
+        histories.setdefault(path.parent.parent.name, []).append(pd.read_csv(path))
+    return histories

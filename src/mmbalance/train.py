@@ -76,17 +76,31 @@ def set_rng_states(states: dict, data_order: torch.Generator) -> None:
 
 
 @torch.no_grad()
-def predict(model, store: FeatureStore, rows: torch.Tensor, batch_size: int) -> dict[str, np.ndarray]:
-    """Softmax probabilities of the fused output and of every modality's head."""
+def predict(model, store: FeatureStore, rows: torch.Tensor, batch_size: int, norms: dict | None = None) -> dict[str, np.ndarray]:
+    """Softmax probabilities of the fused output and of every modality's head.
+    Fills `norms` (if given) with each head's per-sample logit L2 norm."""
     model.eval()
-    outputs = defaultdict(list)
+    outputs, logit_norms = defaultdict(list), defaultdict(list)
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         out = model(store.inputs(batch, model.modalities))
         outputs["fused"].append(out.fused.softmax(1).cpu())
         for m, logits in out.unimodal.items():
             outputs[m].append(logits.softmax(1).cpu())
+            logit_norms[m].append(logits.norm(dim=1).cpu())
+    if norms is not None:
+        norms.update({m: torch.cat(n).numpy() for m, n in logit_norms.items()})
     return {head: torch.cat(probs).numpy() for head, probs in outputs.items()}
+
+
+def logit_norms_per_class(norms: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """`logit_norm/<modality>/<class>`: mean logit norm of each head over the
+    clips of each class (OLM Fig. 5: a dominant modality has larger logits)."""
+    return {
+        f"logit_norm/{m}/{name}": float(values[labels == c].mean()) if (labels == c).any() else float("nan")
+        for m, values in norms.items()
+        for c, name in enumerate(class_names)
+    }
 
 
 def accuracies(probs: dict[str, np.ndarray], labels: np.ndarray, split: str) -> dict[str, float]:
@@ -198,9 +212,12 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
             context = EpochContext(epoch, model, partial(sample_batches, store, rows, model.modalities, recipe["batch_size"], seed, epoch))
             row |= {f"balance/{k}": v for k, v in balancer.on_epoch_start(context).items()}
             row |= train_one_epoch(model, balancer, optimizer, store, rows["train"], recipe["batch_size"], epoch, data_order)
-            val_probs = predict(model, store, rows["val"], recipe["eval_batch_size"])
+            val_norms = {}
+            val_probs = predict(model, store, rows["val"], recipe["eval_batch_size"], val_norms)
             test_probs = predict(model, store, rows["test"], recipe["eval_batch_size"])
             row |= accuracies(val_probs, labels[rows["val"].cpu()], "val") | accuracies(test_probs, labels[rows["test"].cpu()], "test")
+            if len(val_norms) > 1:  # a unimodal baseline has no heads to compare
+                row |= logit_norms_per_class(val_norms, labels[rows["val"].cpu()], store.meta["class_names"])
             context.metrics = row
             row |= {f"balance/{k}": v for k, v in balancer.on_epoch_end(context).items()}
             scheduler.step()

@@ -51,12 +51,31 @@ def panels():
     return [dict(dataset=d, backbone=b, fusion=f) for d in GRID["datasets"] for b in GRID["backbones"] for f in GRID["fusions"]]
 
 
+# Tables written by the aggregate rule, and figures by the figure rules.
+TABLES = ["runs.csv", "summary.csv", "summary.md", "paired_vs_joint.csv", "published_comparison.csv",
+          "published_comparison.md", "agreement.csv", "agreement_summary.csv"]
+TABLE_FIGURES = ["accuracy_per_method", "ece_per_method", "accuracy_per_fusion", "agreement"]
+TRAINING_FIGURES = ["balance_over_training", "unimodal_curves", "discrepancy_ratio", "logit_norms"]
+# The analysis code is an input of the rules that run it, so editing a plot
+# re-draws it (Snakemake does not see code otherwise); training never depends on it.
+PACKAGE = Path(workflow.basedir) / "src" / "mmbalance"
+
+
 def final_outputs():
     return (
-        [f"results/tables/{name}" for name in ("summary.md", "summary.csv", "runs.csv", "paired_vs_joint.csv")]
-        + ["results/summary.json", "results/figures/accuracy_per_method.png"]
-        + expand("results/figures/{dataset}/{backbone}/{fusion}/balance_over_training.png", zip, **_columns(panels()))
+        [f"results/tables/{name}" for name in TABLES]
+        + ["results/summary.json"]
+        + [f"results/figures/{name}.png" for name in TABLE_FIGURES]
+        + [f"results/figures/{p['dataset']}/{p['backbone']}/{p['fusion']}/{name}.png" for p in panels() for name in TRAINING_FIGURES]
     )
+
+
+def published_numbers():
+    return config["analysis"]["published"] or str(Path(workflow.basedir) / "config" / "published.csv")
+
+
+def all_predictions(wildcards):
+    return expand(f"results/runs/{CELL}/predictions.npz", zip, **_columns(grid_cells()))
 
 
 def _columns(rows):
@@ -156,11 +175,8 @@ def all_metrics(wildcards):
 
 
 def panel_histories(wildcards):
-    """The first fold's history of every method in one panel."""
-    return [
-        f"results/runs/{wildcards.dataset}/{wildcards.backbone}/{wildcards.fusion}/{m}/fold{GRID['folds'][0]}/history.csv"
-        for m in GRID["methods"]
-    ]
+    """Every method's and fold's history in one panel."""
+    return expand(f"results/runs/{CELL}/history.csv", method=GRID["methods"], fold=GRID["folds"], **wildcards)
 
 
 def protocol():

@@ -1,6 +1,7 @@
 # Evaluation: test metrics of every run of a panel (dataset x backbone x
 # fusion) in one job, since importing the metrics library costs more than the
-# metrics; then mean +- std over folds.
+# metrics; then the tables over all runs: mean +- std over folds, paired
+# comparisons with Joint, the agreement analysis and the published numbers.
 
 
 rule evaluate:
@@ -8,6 +9,7 @@ rule evaluate:
         predictions=panel_run_files("predictions.npz"),
         histories=panel_run_files("history.csv"),
         runs=panel_run_files("run.json"),
+        code=PACKAGE / "evaluate.py",
     output:
         panel_metric_files(),
     log:
@@ -25,12 +27,19 @@ rule evaluate:
 
 rule aggregate:
     input:
-        all_metrics,
+        metrics=all_metrics,
+        predictions=all_predictions,
+        published=published_numbers(),
+        code=[PACKAGE / "aggregate.py", PACKAGE / "agreement.py"],
     output:
         runs="results/tables/runs.csv",
         summary=report("results/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
         markdown="results/tables/summary.md",
         paired="results/tables/paired_vs_joint.csv",
+        published=report("results/tables/published_comparison.csv", caption="../report/published_comparison.rst", category="Tables"),
+        published_markdown="results/tables/published_comparison.md",
+        agreement="results/tables/agreement.csv",
+        agreement_summary="results/tables/agreement_summary.csv",
         metrics="results/summary.json",
     params:
         methods=GRID["methods"],
@@ -41,10 +50,11 @@ rule aggregate:
     benchmark:
         "benchmarks/aggregate.tsv"
     resources:
-        mem_mb=1000,
+        mem_mb=2000,
         runtime=10,
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance aggregate --metrics {input} --out-dir {params.out_dir} --summary-json {output.metrics} "
+        "python -m mmbalance aggregate --metrics {input.metrics} --predictions {input.predictions} "
+        "--published {input.published} --out-dir {params.out_dir} --summary-json {output.metrics} "
         "--method-order {params.methods} --protocol {params.protocol:q} > {log} 2>&1"

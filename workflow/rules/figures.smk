@@ -1,38 +1,70 @@
-# Figures: the papers' figures, regenerated from the results (each is a
-# `snakemake --report` entry with a caption).
+# Figures: the papers' figures, regenerated from the tables and the training
+# histories (each is a `snakemake --report` entry with a caption). Changing
+# analysis.dpi or the plotting code re-runs these rules only.
 
 
-rule figure_accuracy:
+rule figure_tables:
     input:
         runs="results/tables/runs.csv",
+        agreement="results/tables/agreement.csv",
+        code=PACKAGE / "figures.py",
     output:
         report("results/figures/accuracy_per_method.png", caption="../report/accuracy_per_method.rst", category="Figures"),
+        report("results/figures/ece_per_method.png", caption="../report/ece_per_method.rst", category="Figures"),
+        report("results/figures/accuracy_per_fusion.png", caption="../report/accuracy_per_fusion.rst", category="Figures"),
+        report("results/figures/agreement.png", caption="../report/agreement.rst", category="Figures"),
     params:
         methods=GRID["methods"],
+        dpi=config["analysis"]["dpi"],
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
     log:
-        "logs/figures/accuracy_per_method.log",
+        "logs/figures/tables.log",
     benchmark:
-        "benchmarks/figures/accuracy_per_method.tsv"
+        "benchmarks/figures/tables.tsv"
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance figure-accuracy --runs {input.runs} --method-order {params.methods} --out {output} > {log} 2>&1"
+        "python -m mmbalance figure-tables --runs {input.runs} --agreement {input.agreement} "
+        "--method-order {params.methods} --dpi {params.dpi} --out-dir {params.out_dir} > {log} 2>&1"
 
 
-rule figure_balance:
+rule figure_training:
     input:
-        panel_histories,
+        histories=panel_histories,
+        code=PACKAGE / "figures.py",
     output:
         report(
             "results/figures/{dataset}/{backbone}/{fusion}/balance_over_training.png",
             caption="../report/balance_over_training.rst",
             category="Figures",
+            subcategory="{dataset}/{backbone}/{fusion}",
         ),
+        report(
+            "results/figures/{dataset}/{backbone}/{fusion}/unimodal_curves.png",
+            caption="../report/unimodal_curves.rst",
+            category="Figures",
+            subcategory="{dataset}/{backbone}/{fusion}",
+        ),
+        report(
+            "results/figures/{dataset}/{backbone}/{fusion}/discrepancy_ratio.png",
+            caption="../report/discrepancy_ratio.rst",
+            category="Figures",
+            subcategory="{dataset}/{backbone}/{fusion}",
+        ),
+        report(
+            "results/figures/{dataset}/{backbone}/{fusion}/logit_norms.png",
+            caption="../report/logit_norms.rst",
+            category="Figures",
+            subcategory="{dataset}/{backbone}/{fusion}",
+        ),
+    params:
+        dpi=config["analysis"]["dpi"],
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
     log:
-        "logs/figures/{dataset}/{backbone}/{fusion}/balance_over_training.log",
+        "logs/figures/{dataset}/{backbone}/{fusion}/training.log",
     benchmark:
-        "benchmarks/figures/{dataset}/{backbone}/{fusion}/balance_over_training.tsv"
+        "benchmarks/figures/{dataset}/{backbone}/{fusion}/training.tsv"
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance figure-balance --histories {input} --out {output} > {log} 2>&1"
+        "python -m mmbalance figure-training --histories {input.histories} --dpi {params.dpi} --out-dir {params.out_dir} > {log} 2>&1"

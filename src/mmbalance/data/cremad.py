@@ -87,3 +87,68 @@ def read_folds(path: Path) -> dict[int, dict[str, set[str]]]:
                 raise ValueError(f"{path}: fold {fold} has clips in both {a} and {b}: {sorted(shared)[:3]}")
         folds[int(fold)] = splits
     return folds
+
+
+# --- The two protocols of the papers (DATASETS.md 1.3) -----------------------
+
+# (train, val, test) clips of each fold as published; a split file that differs
+# is the wrong file (or an old mirror), and every number downstream would be off.
+EXPECTED_COUNTS = {
+    # MLB / VAVL actor-independent partitions 1-3 (label_consensus "M": 5,820 clips).
+    "mlb": {1: (4043, 878, 899), 2: (4024, 881, 915), 3: (4017, 869, 934)},
+    # OGM-GE train.csv / test.csv; validation carved out of train here.
+    "ogm": {1: (6698, None, 744)},
+}
+
+
+def read_ogm_split(path: Path) -> list[str]:
+    """Clip names of an OGM-GE `train.csv` / `test.csv` (`name,EMO` rows, no
+    header, CRLF endings), checking each row's emotion against its name."""
+    names = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{number}: expected 'name,EMOTION', got {line!r}")
+        name, emotion = fields
+        if parse_clip_name(name)["emotion"] != emotion:
+            raise ValueError(f"{path}:{number}: clip {name} is labelled {emotion}, but its name says {parse_clip_name(name)['emotion']}")
+        names.append(name)
+    return names
+
+
+def ogm_protocol_folds(train: list[str], test: list[str], val_fraction: float = 0.1, seed: int = 0) -> dict[str, dict[str, list[str]]]:
+    """The OGM-GE split as fold "1": its test list unchanged, and a validation
+    list of `val_fraction` of its training clips, stratified by emotion and
+    drawn with a fixed seed (the reference code has no validation set and
+    selects on test; we select on this list and publish it)."""
+    import random
+
+    shared = set(train) & set(test)
+    if shared:
+        raise ValueError(f"OGM-GE split: {len(shared)} clips are in both train and test, e.g. {sorted(shared)[:3]}")
+    rng = random.Random(seed)
+    val = []
+    for emotion in EMOTIONS:
+        members = sorted(n for n in train if parse_clip_name(n)["emotion"] == emotion)
+        val += rng.sample(members, round(val_fraction * len(members)))
+    chosen = set(val)
+    return {"1": {"train": [n for n in train if n not in chosen], "val": sorted(val), "test": list(test)}}
+
+
+def check_split_counts(folds: dict[int, dict[str, set[str]]], protocol: str, source: Path) -> None:
+    """Stop loudly when a split file's sizes are not the published ones."""
+    expected = EXPECTED_COUNTS[protocol]
+    problems = []
+    for fold, (n_train, n_val, n_test) in expected.items():
+        if fold not in folds:
+            problems.append(f"fold {fold} is missing")
+            continue
+        splits = folds[fold]
+        got = (len(splits["train"]) + (len(splits["val"]) if n_val is None else 0), len(splits["val"]), len(splits["test"]))
+        want = (n_train, got[1] if n_val is None else n_val, n_test)
+        if got != want:
+            problems.append(f"fold {fold} has train/val/test {got}, the published split has {want}")
+    if problems:
+        raise ValueError(f"{source}: not the {protocol} protocol's split ({'; '.join(problems)}); see DATASETS.md 1.3")

@@ -118,7 +118,8 @@ def checkpoint_path(wildcards):
     return f"results/checkpoints/{CELL.format(**wildcards)}/last.pt"
 
 
-def train_gpus(wildcards):
+def job_gpus(wildcards):
+    """Training and extraction take one GPU slot unless the config pins the CPU."""
     return 0 if config["train"]["device"] == "cpu" else 1
 
 
@@ -146,10 +147,6 @@ def extraction_settings(wildcards):
     conformer = config["backbones"]["conformer"]
     audio = {k: v for k, v in conformer["audio"].items() if k != "layers"}
     return json.dumps({"audio": audio, "video": conformer["video"]}, sort_keys=True)
-
-
-def extraction_gpus(wildcards):
-    return 0 if config["train"]["device"] == "cpu" else 1
 
 
 def run_dir(wildcards):

@@ -68,7 +68,7 @@ rule extract_embeddings:
         "benchmarks/extract_embeddings/{dataset}.tsv"
     threads: config["train"]["threads"]
     resources:
-        gpu=extraction_gpus,
+        gpu=job_gpus,
         mem_mb=8000,
         runtime=240,
     conda:

@@ -22,7 +22,7 @@ rule train:
         "benchmarks/train/{dataset}/{backbone}/{fusion}/{method}/fold{fold}.tsv"
     threads: config["train"]["threads"]
     resources:
-        gpu=train_gpus,
+        gpu=job_gpus,
         mem_mb=config["train"]["mem_mb"],
         runtime=config["train"]["runtime"],
     conda:

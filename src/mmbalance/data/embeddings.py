@@ -21,9 +21,6 @@ taken whole (no face detector here; MLB uses face crops), resized to
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +28,9 @@ import pandas as pd
 import torch
 
 from mmbalance.data import cremad, media
-from mmbalance.data.features import IMAGENET_MEAN, IMAGENET_STD, check_folds_cover, index_entry, store_hash
-from mmbalance.io import write_text_atomic
-from mmbalance.models.pretrained import EFFICIENTNET_B2_FEATURES, build_efficientnet_b2, build_wav2vec2, wav2vec2_feature_dim
+from mmbalance.data.features import IMAGENET_MEAN, IMAGENET_STD, write_store
+from mmbalance.models.pretrained import EFFICIENTNET_B2_FEATURES, build_efficientnet_b2, build_wav2vec2
 
-log = logging.getLogger(__name__)
 
 WAV2VEC2_SAMPLE_RATE = 16000
 
@@ -66,51 +61,24 @@ class FrozenExtractors:
 
 def extract_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: dict, backbone: dict, device: str = "cpu") -> pd.DataFrame:
     """Write the embeddings store of a CREMA-D-format dataset; returns the index."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clips = cremad.list_clips(raw_dir)
-    folds = cremad.read_folds(folds_file)
     extractors = FrozenExtractors(backbone, device)
     num_samples = int(round(recipe["seconds"] * WAV2VEC2_SAMPLE_RATE))
     num_frames, size = recipe["frames"], backbone["video"]["frame_size"]
-    audio_steps = extractors.audio_features(np.zeros(num_samples, dtype=np.float32)).shape[0]
+    audio_shape = extractors.audio_features(np.zeros(num_samples, dtype=np.float32)).shape
+    video_shape = (num_frames, EFFICIENTNET_B2_FEATURES)
 
-    audio_tmp, video_tmp = out_dir / "audio.npy.tmp", out_dir / "video.npy.tmp"
-    audio = np.lib.format.open_memmap(audio_tmp, "w+", np.float16, (len(clips), audio_steps, wav2vec2_feature_dim(backbone["audio"])))
-    video = np.lib.format.open_memmap(video_tmp, "w+", np.float32, (len(clips), num_frames, EFFICIENTNET_B2_FEATURES))
-    rows = []
-    for row, clip in enumerate(clips):
-        entry = index_entry(clip, row, folds)
-        try:
-            waveform = media.decode_audio(clip.wav, WAV2VEC2_SAMPLE_RATE)
-            frames, entry["padded_frames"] = media.decode_frames(clip.video, num_frames, recipe["fps"], size)
-            audio[row] = extractors.audio_features(media.fit_length(waveform, num_samples))
-            video[row] = extractors.frame_features(frames)
-        except media.MediaError as error:
-            entry.update(skipped=True, reason=str(error))
-            log.warning("skipping %s: %s", clip.name, error)
-        rows.append(entry)
-        if (row + 1) % 200 == 0:
-            log.info("extracted %d / %d clips", row + 1, len(clips))
-    audio.flush(), video.flush()
-    del audio, video
-    os.replace(audio_tmp, out_dir / "audio.npy")
-    os.replace(video_tmp, out_dir / "video.npy")
+    def extract(clip: cremad.Clip) -> tuple[dict[str, np.ndarray], int]:
+        waveform = media.decode_audio(clip.wav, WAV2VEC2_SAMPLE_RATE)
+        frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size)
+        audio = extractors.audio_features(media.fit_length(waveform, num_samples))
+        return {"audio.npy": audio, "video.npy": extractors.frame_features(frames)}, padded
 
-    index = pd.DataFrame(rows)
-    check_folds_cover(index, folds, folds_file, raw_dir)
-    write_text_atomic(out_dir / "index.csv", index.to_csv(index=False))
+    arrays = {"audio.npy": (np.float16, audio_shape), "video.npy": (np.float32, video_shape)}
     meta = {
         "kind": "embeddings",
-        "dataset_format": "cremad",
-        "class_names": list(cremad.EMOTIONS),
         "recipe": recipe,
         "extractors": {"audio": backbone["audio"], "video": backbone["video"], "sample_rate": WAV2VEC2_SAMPLE_RATE},
-        "clips": len(index),
-        "skipped": int(index["skipped"].sum()),
-        "audio_shape": [audio_steps, wav2vec2_feature_dim(backbone["audio"])],
-        "video_shape": [num_frames, EFFICIENTNET_B2_FEATURES],
-        "data_hash": store_hash(out_dir, ["audio.npy", "video.npy", "index.csv"]),
+        "audio_shape": list(audio_shape),
+        "video_shape": list(video_shape),
     }
-    write_text_atomic(out_dir / "meta.json", json.dumps(meta, indent=2))
-    return index
+    return write_store(raw_dir, folds_file, out_dir, arrays, extract, meta)

@@ -41,47 +41,62 @@ STORE_FILES = {
 
 def preprocess_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: dict) -> pd.DataFrame:
     """Decode every CREMA-D clip once and write the store; returns the index."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clips = cremad.list_clips(raw_dir)
-    folds = cremad.read_folds(folds_file)
     size, num_frames = recipe["frame_size"], recipe["frames"]
     num_samples = int(round(recipe["seconds"] * recipe["sample_rate"]))
     to_spectrogram = media.LogSpectrogram(recipe["n_fft"], recipe["hop_length"])
     spec_shape = to_spectrogram(np.zeros(num_samples, dtype=np.float32)).shape
 
-    frames_tmp, specs_tmp = out_dir / "frames.npy.tmp", out_dir / "spectrograms.npy.tmp"
-    frames = np.lib.format.open_memmap(frames_tmp, "w+", np.uint8, (len(clips), num_frames, size, size, 3))
-    specs = np.lib.format.open_memmap(specs_tmp, "w+", np.float16, (len(clips),) + spec_shape)
+    def decode(clip: cremad.Clip) -> tuple[dict[str, np.ndarray], int]:
+        waveform = media.decode_audio(clip.wav, recipe["sample_rate"])
+        spectrogram = to_spectrogram(media.fit_length(waveform, num_samples))
+        frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size)
+        return {"spectrograms.npy": spectrogram, "frames.npy": frames}, padded
+
+    arrays = {"frames.npy": (np.uint8, (num_frames, size, size, 3)), "spectrograms.npy": (np.float16, spec_shape)}
+    meta = {"kind": "decoded", "recipe": recipe, "frames_shape": [num_frames, size, size, 3], "spectrogram_shape": list(spec_shape)}
+    return write_store(raw_dir, folds_file, out_dir, arrays, decode, meta)
+
+
+def write_store(raw_dir: Path, folds_file: Path, out_dir: Path, arrays: dict[str, tuple], encode, meta: dict) -> pd.DataFrame:
+    """Run `encode(clip) -> ({file: array}, padded frames)` once on every clip of
+    a CREMA-D tree and write the store: one memory-mapped array per file of
+    `arrays` ({file: (dtype, per-clip shape)}), renamed into place only when
+    complete, then index.csv and meta.json (`meta` plus what every store has).
+    A clip whose media cannot be decoded keeps a zero row and is marked skipped."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clips = cremad.list_clips(raw_dir)
+    folds = cremad.read_folds(folds_file)
+    partial = {name: out_dir / f"{name}.tmp" for name in arrays}
+    maps = {name: np.lib.format.open_memmap(partial[name], "w+", dtype, (len(clips), *shape)) for name, (dtype, shape) in arrays.items()}
     rows = []
     for row, clip in enumerate(clips):
         entry = index_entry(clip, row, folds)
         try:
-            waveform = media.decode_audio(clip.wav, recipe["sample_rate"])
-            specs[row] = to_spectrogram(media.fit_length(waveform, num_samples))
-            frames[row], entry["padded_frames"] = media.decode_frames(clip.video, num_frames, recipe["fps"], size)
+            values, entry["padded_frames"] = encode(clip)
+            for name, value in values.items():
+                maps[name][row] = value
         except media.MediaError as error:
             entry.update(skipped=True, reason=str(error))
             log.warning("skipping %s: %s", clip.name, error)
         rows.append(entry)
-    frames.flush(), specs.flush()
-    del frames, specs
-    os.replace(frames_tmp, out_dir / "frames.npy")
-    os.replace(specs_tmp, out_dir / "spectrograms.npy")
+        if (row + 1) % 500 == 0:
+            log.info("%d / %d clips", row + 1, len(clips))
+    for array in maps.values():
+        array.flush()
+    del maps
+    for name, path in partial.items():
+        os.replace(path, out_dir / name)
 
     index = pd.DataFrame(rows)
     check_folds_cover(index, folds, folds_file, raw_dir)
     write_text_atomic(out_dir / "index.csv", index.to_csv(index=False))
-    meta = {
-        "kind": "decoded",
+    meta = meta | {
         "dataset_format": "cremad",
         "class_names": list(cremad.EMOTIONS),
-        "recipe": recipe,
         "clips": len(index),
         "skipped": int(index["skipped"].sum()),
-        "frames_shape": [num_frames, size, size, 3],
-        "spectrogram_shape": list(spec_shape),
-        "data_hash": store_hash(out_dir, ["frames.npy", "spectrograms.npy", "index.csv"]),
+        "data_hash": store_hash(out_dir, [*arrays, "index.csv"]),
     }
     write_text_atomic(out_dir / "meta.json", json.dumps(meta, indent=2))
     return index

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from mmbalance.data import features, synthetic
+from mmbalance.data import cremad, features, recipes, synthetic
 from mmbalance.tracking import init_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,9 @@ TINY_CONFORMER = {
     "conformer": {"projection_dim": 8, "dim": 16, "heads": 2, "ffn_dim": 32, "layers": 1, "kernel_size": 3, "dropout": 0.1},
 }
 
-TINY_RECIPE = {"frames": 2, "fps": 1.0, "frame_size": 32, "sample_rate": 8000, "seconds": 1.0, "n_fft": 128, "hop_length": 125}
+# As a config gives it, and resolved (with the recipe defaults) as the store records it.
+TINY_PREPROCESSING = {"frames": 2, "fps": 1.0, "frame_size": 32, "sample_rate": 8000, "seconds": 1.0, "n_fft": 128, "hop_length": 125}
+TINY_RECIPE = recipes.resolve(TINY_PREPROCESSING)
 
 
 def default_config(overrides: dict | None = None) -> dict:
@@ -59,18 +61,25 @@ def tiny_raw(tmp_path_factory, tiny_generator_settings) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory, tiny_raw) -> Path:
+def tiny_catalog(tmp_path_factory, tiny_raw) -> Path:
+    catalog_dir = tmp_path_factory.mktemp("catalog") / "synthetic_cremad"
+    cremad.build_catalog(tiny_raw, "generated", {}).write(catalog_dir)
+    return catalog_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_catalog) -> Path:
     store = tmp_path_factory.mktemp("features") / "synthetic_cremad"
-    features.preprocess_cremad(tiny_raw, tiny_raw / "data_splits.json", store, TINY_RECIPE)
+    features.preprocess(tiny_catalog, store, TINY_RECIPE)
     return store
 
 
 @pytest.fixture(scope="session")
-def tiny_embeddings(tmp_path_factory, tiny_raw) -> Path:
+def tiny_embeddings(tmp_path_factory, tiny_catalog) -> Path:
     from mmbalance.data import embeddings
 
     store = tmp_path_factory.mktemp("features") / "synthetic_cremad" / "conformer"
-    embeddings.extract_cremad(tiny_raw, tiny_raw / "data_splits.json", store, TINY_RECIPE, TINY_CONFORMER)
+    embeddings.extract(tiny_catalog, store, TINY_RECIPE, TINY_CONFORMER)
     return store
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mmbalance.data import cremad, media, synthetic
+from mmbalance.data.catalog import read_folds
 from mmbalance.data.features import FeatureStore
 from mmbalance.io import file_sha256
 
@@ -48,7 +49,7 @@ def test_defects_are_the_real_pitfalls(tiny_raw):
 
 
 def test_folds_are_actor_disjoint(tiny_raw):
-    folds = cremad.read_folds(tiny_raw / "data_splits.json")
+    folds = read_folds(tiny_raw / "data_splits.json")
     assert sorted(folds) == [1, 2, 3]
     tests = []
     for splits in folds.values():
@@ -119,7 +120,7 @@ def test_feature_store(tiny_store):
     assert tuple(store.spectrograms.shape) == (36, 65, 65)
     index = store.index
     skipped = index[index["skipped"]]
-    assert len(skipped) == 1 and "git-lfs pointer stub" in skipped["reason"].iloc[0]
+    assert len(skipped) == 1 and "git-lfs pointer stub" in skipped["reason"].iloc[0] and skipped["skip_kind"].iloc[0] == "stub"
     assert store.meta["recipe"] == TINY_RECIPE and len(store.meta["data_hash"]) == 16
     rows = {s: set(store.split_rows(1, s).tolist()) for s in ("train", "val", "test")}
     assert not rows["train"] & rows["test"] and index.loc[list(rows["test"]), "fold1"].eq("test").all()

@@ -14,14 +14,13 @@ import hashlib
 import io
 import os
 import stat
-import struct
 import tarfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
 from http_server import FileServer
+from standins import rar4
 
 from mmbalance.data import download as dl
 from mmbalance.data.download import (
@@ -385,24 +384,6 @@ def test_non_empty_target_without_marker_is_refused(tmp_path, archives):
 
 
 # --- rar
-
-
-def rar4(members: list[tuple[str, bytes, int]]) -> bytes:
-    """A RAR 1.5-4.x archive with stored members, written from the format description.
-
-    Like real archives (UCF101.rar) it stores paths with backslashes.
-    """
-    def block(kind: int, flags: int, body: bytes, data: bytes = b"") -> bytes:
-        head = struct.pack("<BHH", kind, flags, 7 + len(body)) + body
-        return struct.pack("<H", zlib.crc32(head) & 0xFFFF) + head + data
-
-    out = b"Rar!\x1a\x07\x00" + block(0x73, 0, bytes(6))
-    for name, data, mode in members:
-        encoded = name.replace("/", "\\").encode()
-        fields = struct.pack("<IIBIIBBHI", len(data), len(data), 3, zlib.crc32(data), 0x5A210000,
-                             20, 0x30, len(encoded), mode)  # host Unix, version 2.0, method "store"
-        out += block(0x74, 0x8000, fields + encoded, data)
-    return out + block(0x7B, 0x4000, b"")
 
 
 FILE, LINK = stat.S_IFREG | 0o644, stat.S_IFLNK | 0o777

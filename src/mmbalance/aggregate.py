@@ -161,7 +161,8 @@ PUBLISHED_COLUMNS = ["dataset", "protocol", "backbone", "fusion", "method", "met
 UNSPECIFIED = "unspecified"
 # Our dataset id -> the dataset name in published.csv. Only real datasets: the generated
 # synthetic_cremad only shares CREMA-D's format, so it must never meet CREMA-D's numbers.
-PUBLISHED_DATASETS = {"cremad": "CREMA-D"}
+# UCF101 is not mapped: the published UCF-101 numbers are RGB + optical flow, not audio-visual.
+PUBLISHED_DATASETS = {"cremad": "CREMA-D", "cremad_ogm": "CREMA-D", "ave": "AVE", "kinetics_sounds": "Kinetics-Sounds", "vggsound": "VGGSound"}
 COMPARED_METRICS = ("acc", "macro_f1")
 
 

@@ -27,14 +27,35 @@ def cmd_generate(args) -> None:
     logging.info("wrote %d clips to %s", len(names), args.out)
 
 
+def cmd_download(args) -> None:
+    from mmbalance.data import registry
+    from mmbalance.io import write_text_atomic
+
+    record = registry.module(args.dataset).download(args.out, args.source, workers=args.workers)
+    # Written last: its presence means every file was fetched and verified.
+    write_text_atomic(args.out / "download.json", json.dumps({"dataset": args.dataset, **record}, indent=1))
+    logging.info("%s downloaded and verified into %s", args.dataset, args.out)
+
+
+def cmd_catalog(args) -> None:
+    from mmbalance.data import registry
+
+    entry = registry.entry(args.dataset)
+    catalog = registry.module(args.dataset).build_catalog(args.raw, entry.protocol, args.options)
+    catalog.dataset = args.dataset
+    catalog.write(args.out)
+    for fold, splits in sorted(catalog.folds.items()):
+        logging.info("fold %d: %s", fold, ", ".join(f"{s} {len(m)}" for s, m in splits.items()))
+
+
 def cmd_preprocess(args) -> None:
     from mmbalance.data import features
 
-    index = features.preprocess_cremad(args.raw, args.folds, args.out, args.recipe)
+    index = features.preprocess(args.catalog, args.out, args.recipe, args.skip_log, args.max_skipped_fraction)
     skipped = index[index["skipped"]]
     logging.info("feature store %s: %d clips, %d skipped", args.out, len(index), len(skipped))
     for _, row in skipped.iterrows():
-        logging.info("skipped %s: %s", row["clip"], row["reason"])
+        logging.info("skipped %s (%s): %s", row["clip"], row["skip_kind"], row["reason"])
 
 
 def cmd_extract(args) -> None:
@@ -46,7 +67,7 @@ def cmd_extract(args) -> None:
     torch.set_num_threads(args.threads)
     with select_device(args.device) as lease:
         logging.info("device: %s", lease.describe())
-        index = embeddings.extract_cremad(args.raw, args.folds, args.out, args.recipe, args.backbone, lease.device)
+        index = embeddings.extract(args.catalog, args.out, args.recipe, args.backbone, lease.device)
     logging.info("embeddings store %s: %d clips, %d skipped", args.out, len(index), int(index["skipped"].sum()))
 
 
@@ -128,16 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_generate)
 
-    p = commands.add_parser("preprocess", help="decode media once into the feature store")
-    p.add_argument("--raw", type=Path, required=True)
-    p.add_argument("--folds", type=Path, required=True)
-    p.add_argument("--recipe", type=_json, required=True)
+    p = commands.add_parser("download", help="fetch, verify and extract a real dataset (resumes)")
+    p.add_argument("--dataset", required=True, help="a key of mmbalance.data.registry.DATASETS")
+    p.add_argument("--source", type=_json, default={}, help="overrides of the module's URL lists (datasets.<key>.source)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=4, help="parallel file downloads")
+    p.set_defaults(func=cmd_download)
+
+    p = commands.add_parser("catalog", help="read a dataset's split files into the catalog (clips, labels, folds)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--raw", type=Path, required=True)
+    p.add_argument("--options", type=_json, default={}, help="folds, val_fraction, seed, and the dataset's own options")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_catalog)
+
+    p = commands.add_parser("preprocess", help="decode media once into the feature store")
+    p.add_argument("--catalog", type=Path, required=True)
+    p.add_argument("--recipe", type=_json, required=True, help="a resolved recipe (mmbalance.data.recipes)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--skip-log", type=Path, help="also write the kept/skipped table here")
+    p.add_argument("--max-skipped-fraction", type=float, default=1.0)
     p.set_defaults(func=cmd_preprocess)
 
     p = commands.add_parser("extract", help="run the Conformer backbone's frozen front-ends once per clip")
-    p.add_argument("--raw", type=Path, required=True)
-    p.add_argument("--folds", type=Path, required=True)
+    p.add_argument("--catalog", type=Path, required=True)
     p.add_argument("--recipe", type=_json, required=True)
     p.add_argument("--backbone", type=_json, required=True, help="backbones.conformer settings (audio, video)")
     p.add_argument("--out", type=Path, required=True)

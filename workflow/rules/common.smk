@@ -9,18 +9,44 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+import jsonschema
+import yaml
+
+
+def _method_settings(dataset, method):
+    """methods.<method>, with the dataset's overrides merged over it and checked
+    against the method's schema (the overrides are free-form in the schema,
+    since schema defaults would otherwise overwrite the global settings)."""
+    merged = config["methods"][method] | config["datasets"][dataset].get("methods", {}).get(method, {})
+    schema = yaml.safe_load(open(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"))
+    subschema = schema["properties"]["methods"]["properties"][method] | {"$defs": schema["$defs"]}
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(subschema).iter_errors(merged))
+    if error is not None:
+        raise ValueError(f"config datasets.{dataset}.methods.{method}: {error.message}")
+    return merged
+
+
+METHOD_SETTINGS = {(d, m): _method_settings(d, m) for d in config["grid"]["datasets"] for m in config["grid"]["methods"]}
+
 from mmbalance.compatibility import incompatibility
+from mmbalance.data import recipes, registry
 
 # A method that cannot run on a fusion stops the run here, naming both.
-for _method in config["grid"]["methods"]:
+for (_dataset, _method), _settings in METHOD_SETTINGS.items():
     for _fusion in config["grid"]["fusions"]:
-        _reason = incompatibility(_method, config["methods"][_method], _fusion)
+        _reason = incompatibility(_method, _settings, _fusion)
         if _reason:
             raise ValueError(f"config grid: {_reason}")
 
 GRID = config["grid"]
+# Every dataset's recipe is resolved (preset + overrides) once, here, so a bad
+# preset or a missing key stops the run before any job starts.
+RECIPES = {d: recipes.resolve(config["datasets"][d]["preprocessing"], f"datasets.{d}.preprocessing") for d in GRID["datasets"]}
+# Raw folders that are downloaded (the generated default is written instead).
+DOWNLOADABLE = sorted({registry.entry(d).raw for d in registry.DATASETS if not registry.is_generated(d)})
+CATALOG_FILES = ["catalog.csv", "data_splits.json", "catalog.json"]
 CELL = "{dataset}/{backbone}/{fusion}/{method}/fold{fold}"
-FEATURE_FILES = ["frames.npy", "spectrograms.npy", "index.csv", "meta.json"]
+FEATURE_FILES = ["frames.npy", "spectrograms.npy", "index.csv", "kept_skipped.csv", "meta.json"]
 # The Conformer backbone trains on frozen embeddings, extracted once per dataset.
 EMBEDDING_FILES = ["audio.npy", "video.npy", "index.csv", "meta.json"]
 # Every training job reads the tracking store, which must exist first (ECOSYSTEM 0.4).
@@ -104,7 +130,7 @@ def cell_settings(wildcards):
             "backbone": {"name": wildcards.backbone} | config["backbones"][wildcards.backbone],
             "fusion": wildcards.fusion,
             "method": wildcards.method,
-            "method_settings": config["methods"][wildcards.method],
+            "method_settings": METHOD_SETTINGS[(wildcards.dataset, wildcards.method)],
             "train": {k: v for k, v in config["train"].items() if k not in ("threads", "mem_mb", "runtime")},
             "tracking": {"uri": tracking_uri(), "experiment": config["tracking"]["experiment"]},
         },
@@ -128,11 +154,27 @@ def generator_settings(wildcards):
 
 
 def preprocessing_recipe(wildcards):
-    return json.dumps(config["datasets"][wildcards.dataset]["preprocessing"], sort_keys=True)
+    return json.dumps(RECIPES[wildcards.dataset], sort_keys=True)
 
 
 def raw_dir(wildcards):
-    return f"resources/raw/{wildcards.dataset}"
+    return f"resources/raw/{registry.entry(wildcards.dataset).raw}"
+
+
+def raw_marker(wildcards):
+    """What says the raw tree is complete: the generator's manifest, or the verified-download record."""
+    marker = "manifest.csv" if registry.is_generated(wildcards.dataset) else "download.json"
+    return f"{raw_dir(wildcards)}/{marker}"
+
+
+def download_source(wildcards):
+    """URL overrides of a raw folder (CREMA-D's two protocols share the `cremad` download)."""
+    return json.dumps(config["datasets"].get(wildcards.raw, {}).get("source", {}), sort_keys=True)
+
+
+def catalog_options(wildcards):
+    settings = config["datasets"][wildcards.dataset]
+    return json.dumps({"folds": max(GRID["folds"])} | settings.get("catalog", {}), sort_keys=True)
 
 
 def features_dir(wildcards):
@@ -176,16 +218,20 @@ def panel_histories(wildcards):
     return expand(f"results/runs/{CELL}/history.csv", method=GRID["methods"], fold=GRID["folds"], **wildcards)
 
 
+AUDIO_FEATURES = {"stft": "log|STFT|", "psd": "log scipy spectrogram", "fbank": "kaldi log-mel fbank"}
+
+
 def protocol():
     """Named in every table: split, selection rule, frames, audio front-end."""
     parts = []
     for dataset in GRID["datasets"]:
-        r = config["datasets"][dataset]["preprocessing"]
+        r = RECIPES[dataset]
+        window = f"{r['mel_bins']} mel bins" if r["audio_features"] == "fbank" else f"n_fft {r['n_fft']}, hop {r['hop_length']}"
         parts.append(
-            f"{dataset}: actor-disjoint train/val/test folds {','.join(map(str, GRID['folds']))}; "
-            f"model selected on validation accuracy, test reported at that epoch; "
-            f"{r['frames']} frame(s) at {r['fps']:g} fps, {r['frame_size']} px; "
-            f"audio log|STFT| n_fft {r['n_fft']}, hop {r['hop_length']} at {r['sample_rate']} Hz over {r['seconds']:g} s"
+            f"{dataset}: {registry.entry(dataset).description}, folds {','.join(map(str, GRID['folds']))}; "
+            f"model selected on validation accuracy, test reported at that epoch; recipe {r['preset']}: "
+            f"{r['frames']} frame(s) at {r['fps']:g} fps{' from the event start' if r['segment'] else ''}, {r['frame_size']} px; "
+            f"audio {AUDIO_FEATURES[r['audio_features']]} {window} at {r['sample_rate']} Hz over {r['seconds']:g} s"
         )
         if "conformer" in GRID["backbones"]:
             c = config["backbones"]["conformer"]

@@ -1,12 +1,13 @@
-# Data: write the generated default dataset, then decode every clip once into
-# the feature store that training reads (ResNet18), or run the Conformer's
-# frozen front-ends once per clip into an embeddings store.
+# Data: raw files (generated for the embedded default, downloaded and verified
+# for the real datasets), then the catalog (clips, labels and folds of the
+# dataset's protocol), then every clip decoded once into the feature store that
+# training reads (ResNet18), or run once through the Conformer's frozen
+# front-ends into an embeddings store.
 
 
 rule generate_dataset:
     output:
-        manifest="resources/raw/{dataset}/manifest.csv",
-        folds="resources/raw/{dataset}/data_splits.json",
+        "resources/raw/{dataset}/manifest.csv",
     wildcard_constraints:
         dataset="synthetic_[a-z0-9_]+",
     params:
@@ -26,41 +27,93 @@ rule generate_dataset:
         "python -m mmbalance generate --settings {params.settings:q} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
+# Runs where the workflow was started: cluster nodes often have no internet.
+# download.json is written last, once every file is verified; a killed
+# download resumes file by file (and byte by byte inside a file).
+rule download:
+    output:
+        "resources/raw/{raw}/download.json",
+    wildcard_constraints:
+        raw="|".join(DOWNLOADABLE),
+    params:
+        source=download_source,
+        out=lambda wildcards, output: Path(output[0]).parent,
+    localrule: True
+    log:
+        "logs/download/{raw}.log",
+    benchmark:
+        "benchmarks/download/{raw}.tsv"
+    threads: 4
+    resources:
+        mem_mb=2000,
+        runtime=24 * 60,
+    conda:
+        "../envs/mmbalance.yaml"
+    shell:
+        "python -m mmbalance download --dataset {wildcards.raw} --source {params.source:q} --out {params.out} "
+        "--workers {threads} > {log} 2>&1"
+
+
+rule catalog:
+    input:
+        raw_marker,
+    output:
+        expand("results/catalog/{{dataset}}/{name}", name=CATALOG_FILES),
+    params:
+        options=catalog_options,
+        raw=raw_dir,
+        out=lambda wildcards, output: Path(output[0]).parent,
+    log:
+        "logs/catalog/{dataset}.log",
+    benchmark:
+        "benchmarks/catalog/{dataset}.tsv"
+    threads: 4
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    conda:
+        "../envs/mmbalance.yaml"
+    shell:
+        "python -m mmbalance catalog --dataset {wildcards.dataset} --raw {params.raw} --options {params.options:q} "
+        "--out {params.out} > {log} 2>&1"
+
+
 rule preprocess:
     input:
-        manifest="resources/raw/{dataset}/manifest.csv",
-        folds="resources/raw/{dataset}/data_splits.json",
+        expand("results/catalog/{{dataset}}/{name}", name=CATALOG_FILES),
     output:
         expand("results/features/{{dataset}}/{name}", name=FEATURE_FILES),
     params:
         recipe=preprocessing_recipe,
-        raw=raw_dir,
+        catalog=lambda wildcards, input: Path(input[0]).parent,
         out=features_dir,
+        max_skipped=lambda wildcards: config["datasets"][wildcards.dataset]["max_skipped_fraction"],
     log:
-        "logs/preprocess/{dataset}.log",
+        log="logs/preprocess/{dataset}.log",
+        kept_skipped="logs/preprocess/{dataset}.kept_skipped.csv",
     benchmark:
         "benchmarks/preprocess/{dataset}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=120,
+        runtime=24 * 60,
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance preprocess --raw {params.raw} --folds {input.folds} --recipe {params.recipe:q} --out {params.out} > {log} 2>&1"
+        "python -m mmbalance preprocess --catalog {params.catalog} --recipe {params.recipe:q} --out {params.out} "
+        "--skip-log {log.kept_skipped} --max-skipped-fraction {params.max_skipped} > {log.log} 2>&1"
 
 
 rule extract_embeddings:
     input:
-        manifest="resources/raw/{dataset}/manifest.csv",
-        folds="resources/raw/{dataset}/data_splits.json",
+        expand("results/catalog/{{dataset}}/{name}", name=CATALOG_FILES),
     output:
         expand("results/features/{{dataset}}/conformer/{name}", name=EMBEDDING_FILES),
     params:
         recipe=preprocessing_recipe,
         extractors=extraction_settings,
-        raw=raw_dir,
-        out="results/features/{dataset}/conformer",
+        catalog=lambda wildcards, input: Path(input[0]).parent,
+        out=lambda wildcards, output: Path(output[0]).parent,
         device=config["train"]["device"],
     log:
         "logs/extract_embeddings/{dataset}.log",
@@ -70,9 +123,9 @@ rule extract_embeddings:
     resources:
         gpu=job_gpus,
         mem_mb=8000,
-        runtime=240,
+        runtime=24 * 60,
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance extract --raw {params.raw} --folds {input.folds} --recipe {params.recipe:q} "
+        "python -m mmbalance extract --catalog {params.catalog} --recipe {params.recipe:q} "
         "--backbone {params.extractors:q} --out {params.out} --device {params.device} --threads {threads} > {log} 2>&1"

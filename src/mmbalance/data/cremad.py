@@ -1,20 +1,45 @@
-"""CREMA-D layout: clip names, labels and fold files.
+"""CREMA-D: download, layout, clip names, labels and the papers' two protocols.
 
 The raw tree is `AudioWAV/<clip>.wav` (16 kHz mono PCM) and `VideoFlash/<clip>.flv`,
 with clip names `<actor>_<sentence>_<EMOTION>_<level>` (DATASETS.md 1.2). The label
 is the emotion field, indexed in the order of OGM-GE's `stat.csv`, which every
 reference code uses. Folds are the MLB json format
 (`{"1": {"train": [...], "val": [...], "test": [...]}, ...}`, entries `<clip>.wav`).
+
+Download (DATASETS.md 1.1): the GitHub repository's zip holds a Git LFS pointer
+(sha256 and size) in place of every media file. Each WAV and FLV is then fetched
+from the media mirrors in order (the GitLab mirror first: GitHub's LFS budget ran
+out in 2025) and checked against its pointer, so an interrupted download
+resumes file by file and a mirror that answers with a stub falls through to the
+next. The split files come from the reference repositories at pinned commits.
+
+`source` keys (config `datasets.cremad.source`), each a list tried in order:
+  pointers        URLs of the repository zip with the LFS pointers
+  media_mirrors   URL templates with `{path}` (e.g. `AudioWAV/1001_DFA_ANG_XX.wav`);
+                  `file:///data/CREMA-D/{path}` uses a copy you already have
+                  (a git-lfs clone), still checked against the pointers
+  ogm_train, ogm_test, mlb_folds   the split files
+and `retries` (per mirror, default 5) and `backoff` (first delay in seconds, 1).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmbalance.data import download as dl
+from mmbalance.data.catalog import Catalog, SplitMismatchError, read_folds
+from mmbalance.data.catalog import Clip as CatalogClip
+
+log = logging.getLogger(__name__)
+
 EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # label index = position
+CLASSES = EMOTIONS
 SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI")
 LEVELS = ("LO", "MD", "HI", "XX")
 SPLITS = ("train", "val", "test")
@@ -70,23 +95,6 @@ def write_folds(path: Path, folds: dict[str, dict[str, list[str]]]) -> None:
         for fold, members in folds.items()
     }
     Path(path).write_text(json.dumps(as_files, indent=1))
-
-
-def read_folds(path: Path) -> dict[int, dict[str, set[str]]]:
-    """fold number -> split -> clip names, checking the splits are disjoint."""
-    raw = json.loads(Path(path).read_text())
-    folds = {}
-    for fold, members in raw.items():
-        missing = [split for split in SPLITS if split not in members]
-        if missing:
-            raise ValueError(f"{path}: fold {fold!r} lacks split(s) {missing}")
-        splits = {split: {Path(entry).stem for entry in members[split]} for split in SPLITS}
-        for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
-            shared = splits[a] & splits[b]
-            if shared:
-                raise ValueError(f"{path}: fold {fold} has clips in both {a} and {b}: {sorted(shared)[:3]}")
-        folds[int(fold)] = splits
-    return folds
 
 
 # --- The two protocols of the papers (DATASETS.md 1.3) -----------------------
@@ -151,4 +159,133 @@ def check_split_counts(folds: dict[int, dict[str, set[str]]], protocol: str, sou
         if got != want:
             problems.append(f"fold {fold} has train/val/test {got}, the published split has {want}")
     if problems:
-        raise ValueError(f"{source}: not the {protocol} protocol's split ({'; '.join(problems)}); see DATASETS.md 1.3")
+        raise SplitMismatchError(f"{source}: not the {protocol} protocol's split ({'; '.join(problems)}); see DATASETS.md 1.3")
+
+
+# Clips that ship broken in the real dataset (DATASETS.md 1.5): kept, as the papers
+# keep them, but named in the catalog's notes. Their audio comes from AudioWAV.
+MLB_PARTITIONS = (1, 2, 3)  # MLB's folds 0-2 are VAVL partitions 1-3
+KNOWN_BAD = ("1076_MTI_NEU_XX", "1076_MTI_SAD_XX", "1064_TIE_SAD_XX", "1064_IEO_DIS_MD")
+
+
+def build_catalog(raw_dir: Path, protocol: str, options: dict) -> Catalog:
+    """The clips of one protocol: `mlb` (VAVL partitions 1-3 as MLB uses them),
+    `ogm` (OGM-GE's train/test lists with a stratified validation list carved
+    from train) or `generated` (the embedded default's own fold file)."""
+    raw_dir = Path(raw_dir)
+    by_name = {clip.name: clip for clip in list_clips(raw_dir)}
+    notes: dict = {}
+    if protocol == "generated":
+        folds_file = raw_dir / "data_splits.json"
+        folds = read_folds(folds_file)
+    elif protocol == "mlb":
+        folds_file = raw_dir / "splits" / "data_splits_VALV.json"
+        folds = {k: v for k, v in read_folds(folds_file).items() if k in MLB_PARTITIONS}
+        check_split_counts(folds, "mlb", folds_file)
+    elif protocol == "ogm":
+        folds_file = raw_dir / "splits" / "train.csv"
+        train, test = read_ogm_split(folds_file), read_ogm_split(raw_dir / "splits" / "test.csv")
+        built = ogm_protocol_folds(train, test, options.get("val_fraction", 0.1), options.get("seed", 0))
+        folds = {1: {split: set(members) for split, members in built["1"].items()}}
+        check_split_counts(folds, "ogm", folds_file)
+        notes["validation"] = f"stratified {options.get('val_fraction', 0.1):.0%} of train.csv, seed {options.get('seed', 0)}"
+    else:
+        raise ValueError(f"CREMA-D has no protocol {protocol!r}; known: generated, mlb, ogm")
+    listed = set().union(*(members for splits in folds.values() for members in splits.values()))
+    missing = sorted(listed - set(by_name))
+    if missing:
+        raise FileNotFoundError(f"{folds_file} lists {len(missing)} clips with no WAV in {raw_dir / 'AudioWAV'}, e.g. {missing[:3]}: re-run the download")
+    clips = [
+        CatalogClip(name=c.name, label=c.label, group=c.actor, audio=c.wav, video=c.video)
+        for name, c in sorted(by_name.items()) if name in listed
+    ]
+    notes |= {"split_file": str(folds_file), "unused_clips": len(by_name) - len(clips),
+              "known_bad_clips_kept": [n for n in KNOWN_BAD if n in listed]}
+    catalog = Catalog("cremad", protocol, list(EMOTIONS), clips, {k: {s: sorted(m) for s, m in v.items()} for k, v in folds.items()}, raw_dir, notes)
+    catalog.replicate_folds(options.get("folds", 3))
+    return catalog
+
+
+# --- Download -------------------------------------------------------------------
+
+REPOSITORY_COMMIT = "63f0471e4a7db8cec2b1aae42e732fe2792e978c"
+SOURCES = {
+    "pointers": [f"https://github.com/CheyneyComputerScience/CREMA-D/archive/{REPOSITORY_COMMIT}.zip"],
+    "media_mirrors": [
+        "https://gitlab.com/cs-cooper-lab/crema-d-mirror/-/raw/master/{path}",
+        "https://media.githubusercontent.com/media/CheyneyComputerScience/CREMA-D/master/{path}",
+    ],
+    # OGM-GE's lists (identical in PMR, MLB and MMCosine) and MLB's VAVL partitions.
+    "ogm_train": ["https://raw.githubusercontent.com/GeWu-Lab/OGM-GE_CVPR2022/65a8324464207f5efd41533cb362648c0cdee8a8/data/CREMAD/train.csv"],
+    "ogm_test": ["https://raw.githubusercontent.com/GeWu-Lab/OGM-GE_CVPR2022/65a8324464207f5efd41533cb362648c0cdee8a8/data/CREMAD/test.csv"],
+    # JSON despite the .pkl name (DATASETS.md 1.3b).
+    "mlb_folds": ["https://raw.githubusercontent.com/kkontras/MLB/68ad48d45fe001499e1506fa9e36a793ef0e5d84/datasets/CREMAD/data_splits_VALV.pkl"],
+}
+MEDIA_FOLDERS = {"AudioWAV": ".wav", "VideoFlash": ".flv"}
+POINTER = re.compile(rb"^version https://git-lfs\S*\noid sha256:(?P<oid>[0-9a-f]{64})\nsize (?P<size>\d+)\n?$")
+
+
+@dataclass(frozen=True)
+class LfsObject:
+    path: str  # relative to the repository root
+    sha256: str
+    size: int
+
+
+def read_pointers(repo_dir: Path) -> list[LfsObject]:
+    """The LFS pointer of every media file we need, from the repository's tree."""
+    objects = []
+    for folder, suffix in MEDIA_FOLDERS.items():
+        files = sorted((repo_dir / folder).glob(f"*{suffix}"))
+        if not files:
+            raise FileNotFoundError(f"{repo_dir / folder} holds no {suffix} file: not a CREMA-D repository tree")
+        for path in files:
+            match = POINTER.match(path.read_bytes()[:400])
+            if match is None:
+                raise ValueError(f"{path}: not a Git LFS pointer (the repository zip should hold pointers, not media)")
+            objects.append(LfsObject(f"{folder}/{path.name}", match["oid"].decode(), int(match["size"])))
+    return objects
+
+
+def download(raw_dir: Path, source: dict, workers: int = 4) -> dict:
+    """Fetch and verify every WAV and FLV, summaryTable.csv and both protocols' split files."""
+    raw_dir = Path(raw_dir)
+    urls = SOURCES | source
+    patience = {"retries": source.get("retries", 5), "backoff": source.get("backoff", 1.0)}
+    zip_path = dl.download(urls["pointers"], raw_dir / "downloads" / "crema-d-pointers.zip", **patience)
+    repo_dir = _single_folder(dl.extract(zip_path, raw_dir / "downloads" / "pointers"))
+    objects = read_pointers(repo_dir)
+
+    def fetch(obj: LfsObject) -> str | None:
+        try:
+            dl.download([m.format(path=obj.path) for m in urls["media_mirrors"]], raw_dir / obj.path, size=obj.size, sha256=obj.sha256, **patience)
+            return None
+        except dl.DownloadError as error:
+            return f"{obj.path}: {error}"
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        failures = [f for f in pool.map(fetch, objects) if f]
+    if failures:
+        raise dl.DownloadError(
+            f"CREMA-D: {len(failures)} of {len(objects)} media files could not be fetched and verified; the "
+            f"{len(objects) - len(failures)} verified ones are kept, so re-running resumes. First failures:\n  " + "\n  ".join(failures[:5])
+        )
+    summary = raw_dir / "processedResults" / "summaryTable.csv"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(repo_dir / "processedResults" / "summaryTable.csv", summary)
+    splits = raw_dir / "splits"
+    for key, name in [("ogm_train", "train.csv"), ("ogm_test", "test.csv"), ("mlb_folds", "data_splits_VALV.json")]:
+        dl.download(urls[key], splits / name, **patience)
+    return {
+        "repository_commit": REPOSITORY_COMMIT,
+        "media_files": len(objects),
+        "media_bytes": sum(o.size for o in objects),
+        "verified": "sha256 and size of every media file against its LFS pointer",
+        "split_files": {name: dl.file_digest(splits / name) for name in ("train.csv", "test.csv", "data_splits_VALV.json")},
+    }
+
+
+def _single_folder(extracted: Path) -> Path:
+    """GitHub zips hold one top folder, `<repo>-<commit>/`."""
+    folders = [p for p in extracted.iterdir() if p.is_dir()]
+    return folders[0] if len(folders) == 1 and not (extracted / "AudioWAV").exists() else extracted

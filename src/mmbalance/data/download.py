@@ -52,6 +52,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -727,7 +728,7 @@ def _extract_zip(archive: Path, staging: Path) -> None:
     with _open_zip(archive) as zf:
         try:
             zf.extractall(staging)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error) as exc:
             raise ExtractError(f"{archive}: extraction failed: {exc}") from exc
 
 

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmbalance.data import cremad, media
+from mmbalance.data import media
+from mmbalance.data.catalog import Catalog, Clip
 from mmbalance.data.features import IMAGENET_MEAN, IMAGENET_STD, write_store
 from mmbalance.models.pretrained import EFFICIENTNET_B2_FEATURES, build_efficientnet_b2, build_wav2vec2
 
@@ -59,18 +60,20 @@ class FrozenExtractors:
         return self.video(((x - self.mean) / self.std).contiguous()).cpu().numpy()  # (T_v, 1408)
 
 
-def extract_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: dict, backbone: dict, device: str = "cpu") -> pd.DataFrame:
-    """Write the embeddings store of a CREMA-D-format dataset; returns the index."""
+def extract(catalog_dir: Path, out_dir: Path, recipe: dict, backbone: dict, device: str = "cpu") -> pd.DataFrame:
+    """Write the embeddings store of a catalog's clips; returns the index."""
+    catalog = Catalog.read(catalog_dir)
     extractors = FrozenExtractors(backbone, device)
     num_samples = int(round(recipe["seconds"] * WAV2VEC2_SAMPLE_RATE))
     num_frames, size = recipe["frames"], backbone["video"]["frame_size"]
     audio_shape = extractors.audio_features(np.zeros(num_samples, dtype=np.float32)).shape
     video_shape = (num_frames, EFFICIENTNET_B2_FEATURES)
 
-    def extract(clip: cremad.Clip) -> tuple[dict[str, np.ndarray], int]:
-        waveform = media.decode_audio(clip.wav, WAV2VEC2_SAMPLE_RATE)
-        frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size)
-        audio = extractors.audio_features(media.fit_length(waveform, num_samples))
+    def encode(clip: Clip) -> tuple[dict[str, np.ndarray], int]:
+        start, end = (clip.start, clip.end) if recipe["segment"] else (0.0, None)
+        waveform = media.decode_audio(clip.audio, WAV2VEC2_SAMPLE_RATE, start, end)
+        frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size, start, pad=recipe["short_clips"] == "pad")
+        audio = extractors.audio_features(media.fit_length(waveform, num_samples, recipe["crop"]))
         return {"audio.npy": audio, "video.npy": extractors.frame_features(frames)}, padded
 
     arrays = {"audio.npy": (np.float16, audio_shape), "video.npy": (np.float32, video_shape)}
@@ -81,4 +84,4 @@ def extract_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: dict,
         "audio_shape": list(audio_shape),
         "video_shape": list(video_shape),
     }
-    return write_store(raw_dir, folds_file, out_dir, arrays, extract, meta)
+    return write_store(catalog, out_dir, arrays, encode, meta)

@@ -4,10 +4,11 @@ Layout of `results/features/<dataset>/`:
 
 * `frames.npy`        uint8   (N, T, H, W, 3)  RGB frames at the recipe's fps
 * `spectrograms.npy`  float16 (N, F, S)        log-magnitude STFT
-* `index.csv`         one row per clip (row = array position): clip, actor, label,
-                      skipped + reason, padded frames, and the split of each fold
-                      (`fold1`, `fold2`, ...: train / val / test / empty)
-* `meta.json`         recipe, class names, shapes, and a hash of the arrays
+* `index.csv`         one row per clip (row = array position): clip, group, label,
+                      skipped + kind + reason, padded frames, and the split of each
+                      fold (`fold1`, `fold2`, ...: train / val / test / empty)
+* `kept_skipped.csv`  per fold, split and class: clips listed, kept, skipped per kind
+* `meta.json`         dataset, protocol, recipe, class names, shapes, and a hash of the arrays
 
 Skipped clips keep their (zero) row so positions never shift.
 """
@@ -25,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmbalance.data import cremad, media
+from mmbalance.data import media
+from mmbalance.data.catalog import Catalog, Clip, check_skips, skip_report
 from mmbalance.io import file_sha256, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -33,51 +35,80 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Array file of each modality, per kind of store.
+SKIP_REPORT = "kept_skipped.csv"
 STORE_FILES = {
     "decoded": {"audio": "spectrograms.npy", "video": "frames.npy"},
     "embeddings": {"audio": "audio.npy", "video": "video.npy"},
 }
 
 
-def preprocess_cremad(raw_dir: Path, folds_file: Path, out_dir: Path, recipe: dict) -> pd.DataFrame:
-    """Decode every CREMA-D clip once and write the store; returns the index."""
+def preprocess(catalog_dir: Path, out_dir: Path, recipe: dict, skip_log: Path | None = None,
+               max_skipped_fraction: float = 1.0) -> pd.DataFrame:
+    """Decode every clip of a catalog once and write the decoded store; returns the index.
+
+    `recipe` is a resolved recipe (mmbalance.data.recipes.resolve). The
+    kept/skipped table per fold, split, class and reason is written into the
+    store and, when given, to `skip_log` (a log file that survives a failed
+    job); a split that skipped more than `max_skipped_fraction` or lost a
+    class stops the run after both are written."""
+    catalog = Catalog.read(catalog_dir)
     size, num_frames = recipe["frame_size"], recipe["frames"]
     num_samples = int(round(recipe["seconds"] * recipe["sample_rate"]))
-    to_spectrogram = media.LogSpectrogram(recipe["n_fft"], recipe["hop_length"])
-    spec_shape = to_spectrogram(np.zeros(num_samples, dtype=np.float32)).shape
+    to_features = media.audio_transform(recipe)
+    spec_shape = to_features(np.zeros(num_samples, dtype=np.float32)).shape
 
-    def decode(clip: cremad.Clip) -> tuple[dict[str, np.ndarray], int]:
-        waveform = media.decode_audio(clip.wav, recipe["sample_rate"])
-        spectrogram = to_spectrogram(media.fit_length(waveform, num_samples))
-        frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size)
+    def decode(clip: Clip) -> tuple[dict[str, np.ndarray], int]:
+        start, end = (clip.start, clip.end) if recipe["segment"] else (0.0, None)
+        waveform = media.decode_audio(clip.audio, recipe["sample_rate"], start, end)
+        spectrogram = to_features(media.fit_length(waveform, num_samples, recipe["crop"]))
+        frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size, start, pad=recipe["short_clips"] == "pad")
         return {"spectrograms.npy": spectrogram, "frames.npy": frames}, padded
 
     arrays = {"frames.npy": (np.uint8, (num_frames, size, size, 3)), "spectrograms.npy": (np.float16, spec_shape)}
     meta = {"kind": "decoded", "recipe": recipe, "frames_shape": [num_frames, size, size, 3], "spectrogram_shape": list(spec_shape)}
-    return write_store(raw_dir, folds_file, out_dir, arrays, decode, meta)
+    index = write_store(catalog, out_dir, arrays, decode, meta)
+    report_skips(catalog, index, Path(out_dir), skip_log, max_skipped_fraction)
+    return index
 
 
-def write_store(raw_dir: Path, folds_file: Path, out_dir: Path, arrays: dict[str, tuple], encode, meta: dict) -> pd.DataFrame:
+def report_skips(catalog: Catalog, index: pd.DataFrame, out_dir: Path, skip_log: Path | None, max_fraction: float) -> None:
+    report = skip_report(index, catalog.classes)
+    text = report.to_csv(index=False)
+    write_text_atomic(out_dir / SKIP_REPORT, text)
+    if skip_log is not None:
+        Path(skip_log).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(skip_log), text)
+    for _, row in report.iterrows():
+        log.info("fold %d %-5s %-30s listed %5d kept %5d", row["fold"], row["split"], row["class_name"], row["listed"], row["kept"])
+    check_skips(report, catalog.dataset, max_fraction, str(skip_log or out_dir / SKIP_REPORT))
+
+
+def write_store(catalog: Catalog, out_dir: Path, arrays: dict[str, tuple], encode, meta: dict) -> pd.DataFrame:
     """Run `encode(clip) -> ({file: array}, padded frames)` once on every clip of
-    a CREMA-D tree and write the store: one memory-mapped array per file of
+    the catalog and write the store: one memory-mapped array per file of
     `arrays` ({file: (dtype, per-clip shape)}), renamed into place only when
     complete, then index.csv and meta.json (`meta` plus what every store has).
-    A clip whose media cannot be decoded keeps a zero row and is marked skipped."""
+    A clip whose media cannot be decoded keeps a zero row and is marked skipped,
+    with the kind of failure (missing, stub, corrupt, no_audio, too_short)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    clips = cremad.list_clips(raw_dir)
-    folds = cremad.read_folds(folds_file)
+    clips = catalog.clips
+    split_of = {
+        fold: {name: split for split, members in splits.items() for name in members} for fold, splits in catalog.folds.items()
+    }
     partial = {name: out_dir / f"{name}.tmp" for name in arrays}
     maps = {name: np.lib.format.open_memmap(partial[name], "w+", dtype, (len(clips), *shape)) for name, (dtype, shape) in arrays.items()}
     rows = []
     for row, clip in enumerate(clips):
-        entry = index_entry(clip, row, folds)
+        entry = {"clip": clip.name, "group": clip.group, "label": clip.label, "row": row, "skipped": False, "skip_kind": "",
+                 "reason": "", "padded_frames": 0}
+        entry |= {f"fold{fold}": names.get(clip.name, "") for fold, names in split_of.items()}
         try:
             values, entry["padded_frames"] = encode(clip)
             for name, value in values.items():
                 maps[name][row] = value
         except media.MediaError as error:
-            entry.update(skipped=True, reason=str(error))
+            entry.update(skipped=True, skip_kind=error.kind, reason=str(error))
             log.warning("skipping %s: %s", clip.name, error)
         rows.append(entry)
         if (row + 1) % 500 == 0:
@@ -89,32 +120,17 @@ def write_store(raw_dir: Path, folds_file: Path, out_dir: Path, arrays: dict[str
         os.replace(path, out_dir / name)
 
     index = pd.DataFrame(rows)
-    check_folds_cover(index, folds, folds_file, raw_dir)
     write_text_atomic(out_dir / "index.csv", index.to_csv(index=False))
     meta = meta | {
-        "dataset_format": "cremad",
-        "class_names": list(cremad.EMOTIONS),
+        "dataset": catalog.dataset,
+        "protocol": catalog.protocol,
+        "class_names": list(catalog.classes),
         "clips": len(index),
         "skipped": int(index["skipped"].sum()),
         "data_hash": store_hash(out_dir, [*arrays, "index.csv"]),
     }
     write_text_atomic(out_dir / "meta.json", json.dumps(meta, indent=2))
     return index
-
-
-def index_entry(clip: cremad.Clip, row: int, folds: dict) -> dict:
-    """The index row of one clip: identity, label, skip status, split per fold."""
-    entry = {"clip": clip.name, "actor": clip.actor, "label": clip.label, "row": row, "skipped": False, "reason": "", "padded_frames": 0}
-    for fold, splits in folds.items():
-        entry[f"fold{fold}"] = next((s for s in cremad.SPLITS if clip.name in splits[s]), "")
-    return entry
-
-
-def check_folds_cover(index: pd.DataFrame, folds: dict, folds_file: Path, raw_dir: Path) -> None:
-    listed = set().union(*(s for splits in folds.values() for s in splits.values()))
-    unknown = sorted(listed - set(index["clip"]))
-    if unknown:
-        raise ValueError(f"{folds_file} lists {len(unknown)} clips with no WAV in {raw_dir}, e.g. {unknown[:3]}")
 
 
 def store_hash(out_dir: Path, names: list[str]) -> str:

@@ -16,31 +16,40 @@ import torchaudio
 
 
 class MediaError(Exception):
-    """A file that is not decodable media; the message names the file and why."""
+    """A file that is not decodable media; the message names the file and why.
+
+    `kind` sorts skips in the kept/skipped log: missing, stub, corrupt,
+    no_audio or too_short."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def check_is_media(path: Path) -> None:
     """Catch the stand-ins that real downloads produce instead of media."""
     path = Path(path)
     if not path.exists():
-        raise MediaError(f"{path}: file is missing")
+        raise MediaError(f"{path}: file is missing", "missing")
     with open(path, "rb") as handle:
         head = handle.read(64)
     if head.startswith(b"version https://git-lfs"):
-        raise MediaError(f"{path}: git-lfs pointer stub instead of media (fetch the LFS objects)")
+        raise MediaError(f"{path}: git-lfs pointer stub instead of media (fetch the LFS objects)", "stub")
     if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
-        raise MediaError(f"{path}: an HTML page instead of media (a failed download?)")
+        raise MediaError(f"{path}: an HTML page instead of media (a failed download?)", "stub")
     if len(head) == 0:
         raise MediaError(f"{path}: empty file")
 
 
-def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 waveform in [-1, 1], resampled to `sample_rate`."""
+def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | None = None) -> np.ndarray:
+    """Mono float32 waveform in [-1, 1], resampled to `sample_rate`, from
+    `start` to `end` seconds (AVE's event segment; end None = to the end).
+    Works on audio files and on the audio track of video containers."""
     check_is_media(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise MediaError(f"{path}: no audio stream")
+                raise MediaError(f"{path}: no audio stream", "no_audio")
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             chunks = []
             for frame in container.decode(audio=0):
@@ -49,20 +58,25 @@ def decode_audio(path: Path, sample_rate: int) -> np.ndarray:
     except av.error.FFmpegError as error:
         raise MediaError(f"{path}: cannot decode audio ({error})") from error
     if not chunks:
-        raise MediaError(f"{path}: audio stream has no samples")
-    return np.concatenate(chunks, axis=1)[0]
+        raise MediaError(f"{path}: audio stream has no samples", "no_audio")
+    waveform = np.concatenate(chunks, axis=1)[0]
+    segment = waveform[int(round(start * sample_rate)) : None if end is None else int(round(end * sample_rate))]
+    if len(segment) < 2:
+        raise MediaError(f"{path}: no audio between {start:g} s and {end} s (the file has {len(waveform) / sample_rate:.2f} s)", "too_short")
+    return segment
 
 
-def decode_frames(path: Path, num_frames: int, fps: float, size: int) -> tuple[np.ndarray, int]:
-    """`num_frames` RGB frames at times k/fps (k = 0..), resized to size x size.
+def decode_frames(path: Path, num_frames: int, fps: float, size: int, start: float = 0.0, pad: bool = True) -> tuple[np.ndarray, int]:
+    """`num_frames` RGB frames at times start + k/fps (k = 0..), resized to size x size.
 
     The frame shown at each time is taken by timestamp, not by counting frames,
     so 29.97 fps video does not drift. A clip too short for every time repeats
-    its last frame (the reference codes pad with unseeded random frames);
+    its last frame (the reference codes pad with unseeded random frames), or,
+    with `pad=False`, is refused as too short (MLB's UCF101 rule);
     returns (frames uint8 (T, size, size, 3), number of padded frames).
     """
     check_is_media(path)
-    targets = [k / fps for k in range(num_frames)]
+    targets = [start + k / fps for k in range(num_frames)]
     chosen: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
@@ -77,16 +91,22 @@ def decode_frames(path: Path, num_frames: int, fps: float, size: int) -> tuple[n
     except av.error.FFmpegError as error:
         raise MediaError(f"{path}: cannot decode video ({error})") from error
     if not chosen:
-        raise MediaError(f"{path}: no decodable video frames")
+        raise MediaError(f"{path}: no decodable video frames" + (f" after {start:g} s" if start else ""))
     padded = num_frames - len(chosen)
+    if padded and not pad:
+        raise MediaError(f"{path}: only {len(chosen)} of {num_frames} frames at {fps:g} fps (clip too short)", "too_short")
     chosen += [chosen[-1]] * padded
     return np.stack(chosen), padded
 
 
-def fit_length(waveform: np.ndarray, num_samples: int) -> np.ndarray:
-    """Repeat the clip until it is long enough, then cut (recipe A tiles to 3 s)."""
+def fit_length(waveform: np.ndarray, num_samples: int, crop: str = "start") -> np.ndarray:
+    """Repeat the clip until it is long enough, then cut (recipe A tiles to 3 s).
+    `crop` "centre" cuts the middle (VGGSound's 5 s window, drawn at random in
+    the reference code also at test time, made deterministic here)."""
     repeats = math.ceil(num_samples / len(waveform))
-    return np.tile(waveform, repeats)[:num_samples]
+    tiled = np.tile(waveform, repeats)
+    offset = (len(tiled) - num_samples) // 2 if crop == "centre" else 0
+    return tiled[offset : offset + num_samples]
 
 
 class LogSpectrogram:
@@ -101,3 +121,56 @@ class LogSpectrogram:
     def __call__(self, waveform: np.ndarray) -> np.ndarray:
         magnitude = self.transform(torch.from_numpy(np.clip(waveform, -1.0, 1.0)).float())
         return torch.log(magnitude + 1e-7).numpy()
+
+
+class ScipyLogSpectrogram:
+    """log(PSD + 1e-7) of `scipy.signal.spectrogram` with its defaults (Tukey 0.25
+    window, constant detrend, density scaling, no centring): recipe B/C of
+    DATASETS.md 1.4 (PMR, MMCosine; MLB's AVE), 48,000 samples -> 257 x 299.
+    `per_clip` z-scores each spectrogram as PMR does."""
+
+    def __init__(self, n_fft: int, hop_length: int, sample_rate: int, per_clip: bool = False):
+        self.n_fft, self.noverlap, self.sample_rate, self.per_clip = n_fft, n_fft - hop_length, sample_rate, per_clip
+
+    def __call__(self, waveform: np.ndarray) -> np.ndarray:
+        import scipy.signal
+
+        _, _, power = scipy.signal.spectrogram(np.clip(waveform, -1.0, 1.0), self.sample_rate, nperseg=self.n_fft, noverlap=self.noverlap)
+        log_power = np.log(power + 1e-7).astype(np.float32)
+        if self.per_clip:
+            log_power = (log_power - log_power.mean()) / (log_power.std() + 1e-9)
+        return log_power
+
+
+class KaldiFbank:
+    """Log-mel filterbank of `torchaudio.compliance.kaldi.fbank` (recipe D of
+    DATASETS.md 1.4: GeWu-Lab's Kinetics-Sounds cache): Hanning window, 10 ms
+    shift, no dither, on the mean-removed waveform; padded with zeros or cut to
+    `frames` frames and scaled with the AudioSet statistics those caches use.
+    Output (frames, mel_bins), time first, as GeWu-Lab's loaders feed it."""
+
+    MEAN, STD = -4.503877, 5.141276
+
+    def __init__(self, sample_rate: int, mel_bins: int, frames: int):
+        self.sample_rate, self.mel_bins, self.frames = sample_rate, mel_bins, frames
+
+    def __call__(self, waveform: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.asarray(waveform, dtype=np.float32))
+        features = torchaudio.compliance.kaldi.fbank(
+            (x - x.mean())[None], htk_compat=True, sample_frequency=self.sample_rate, use_energy=False,
+            window_type="hanning", num_mel_bins=self.mel_bins, dither=0.0, frame_shift=10,
+        )
+        features = torch.nn.functional.pad(features, (0, 0, 0, max(0, self.frames - len(features))))[: self.frames]
+        return ((features - self.MEAN) / (2 * self.STD)).numpy()
+
+
+def audio_transform(recipe: dict):
+    """The recipe's waveform -> 2D audio features function."""
+    kind = recipe.get("audio_features", "stft")
+    if kind == "stft":
+        return LogSpectrogram(recipe["n_fft"], recipe["hop_length"])
+    if kind == "psd":
+        return ScipyLogSpectrogram(recipe["n_fft"], recipe["hop_length"], recipe["sample_rate"], recipe.get("normalise") == "per_clip")
+    if kind == "fbank":
+        return KaldiFbank(recipe["sample_rate"], recipe["mel_bins"], recipe["fbank_frames"])
+    raise ValueError(f"preprocessing recipe: audio_features {kind!r} is not one of stft, psd, fbank")

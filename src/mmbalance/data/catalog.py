@@ -1,0 +1,208 @@
+"""The catalog: what every dataset module hands to the feature store.
+
+Each dataset has its own raw layout, split files and class list; the catalog
+is the one form they all become, written to `results/catalog/<dataset>/`:
+
+* `catalog.csv`        one row per clip: clip, label, class_name, group (actor,
+                       YouTube id or UCF group: what splits keep together),
+                       audio and video (paths relative to the raw folder; the
+                       same file when the audio track is read from the video),
+                       start and end (seconds of the clip to use; end empty =
+                       to the end)
+* `data_splits.json`   fold -> train / val / test clip names (MLB's json form)
+* `catalog.json`       dataset, protocol, class names, raw folder, the source of
+                       every split and what each split holds per class
+
+A dataset with a single official split gets folds 2, 3... that repeat fold 1
+(seed replicates: a cell's seed is train.seed + fold), recorded in catalog.json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mmbalance.io import write_text_atomic
+
+SPLITS = ("train", "val", "test")
+COLUMNS = ["clip", "label", "class_name", "group", "audio", "video", "start", "end"]
+FILES = ["catalog.csv", "data_splits.json", "catalog.json"]
+
+
+class SplitMismatchError(ValueError):
+    """A split file does not hold what the paper's split holds (sizes or classes)."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    name: str
+    label: int
+    group: str
+    audio: Path  # absolute, or relative to the working directory
+    video: Path
+    start: float = 0.0
+    end: float | None = None  # None: to the end of the file
+
+
+@dataclass
+class Catalog:
+    dataset: str
+    protocol: str
+    classes: list[str]
+    clips: list[Clip]
+    folds: dict[int, dict[str, list[str]]]  # fold -> split -> clip names
+    raw_dir: Path
+    notes: dict = field(default_factory=dict)  # sources, replicated folds, dropped clips...
+
+    def __post_init__(self) -> None:
+        names = [clip.name for clip in self.clips]
+        repeated = [name for name, n in Counter(names).items() if n > 1]
+        if repeated:
+            raise ValueError(f"{self.dataset}: clip names must be unique, repeated: {repeated[:5]}")
+        known = set(names)
+        for fold, splits in self.folds.items():
+            for split, members in splits.items():
+                unknown = [m for m in members if m not in known]
+                if unknown:
+                    raise ValueError(f"{self.dataset} fold {fold} {split} lists {len(unknown)} clips not in the catalog, e.g. {unknown[:3]}")
+            for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
+                shared = set(splits[a]) & set(splits[b])
+                if shared:
+                    raise ValueError(f"{self.dataset} fold {fold} has clips in both {a} and {b}: {sorted(shared)[:3]}")
+
+    def replicate_folds(self, count: int) -> None:
+        """Folds 2..count repeat fold 1: for datasets with one official split."""
+        if set(self.folds) != {1}:
+            return
+        for fold in range(2, count + 1):
+            self.folds[fold] = {split: list(members) for split, members in self.folds[1].items()}
+        self.notes["replicated_folds"] = f"folds 2-{count} repeat the single official split (fold 1) with other seeds"
+
+    def split_counts(self) -> dict[int, dict[str, dict[str, int]]]:
+        """fold -> split -> class name -> clips."""
+        label_of = {clip.name: clip.label for clip in self.clips}
+        return {
+            fold: {split: dict(sorted(Counter(self.classes[label_of[n]] for n in members).items())) for split, members in splits.items()}
+            for fold, splits in self.folds.items()
+        }
+
+    def write(self, out_dir: Path) -> None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rows = [
+            {"clip": c.name, "label": c.label, "class_name": self.classes[c.label], "group": c.group,
+             "audio": _relative(c.audio, self.raw_dir), "video": _relative(c.video, self.raw_dir),
+             "start": c.start, "end": "" if c.end is None else c.end}
+            for c in self.clips
+        ]
+        write_text_atomic(out_dir / "catalog.csv", pd.DataFrame(rows, columns=COLUMNS).to_csv(index=False))
+        folds = {str(fold): {split: list(splits[split]) for split in SPLITS} for fold, splits in sorted(self.folds.items())}
+        write_text_atomic(out_dir / "data_splits.json", json.dumps(folds, indent=1))
+        meta = {
+            "dataset": self.dataset, "protocol": self.protocol, "classes": list(self.classes),
+            "raw_dir": str(self.raw_dir), "clips": len(self.clips),
+            "split_sizes": {str(f): {s: len(m) for s, m in splits.items()} for f, splits in sorted(self.folds.items())},
+            "class_counts": {str(f): counts for f, counts in self.split_counts().items()},
+            "notes": self.notes,
+        }
+        write_text_atomic(out_dir / "catalog.json", json.dumps(meta, indent=1))
+
+    @classmethod
+    def read(cls, catalog_dir: Path) -> "Catalog":
+        catalog_dir = Path(catalog_dir)
+        for name in FILES:
+            if not (catalog_dir / name).exists():
+                raise FileNotFoundError(f"catalog {catalog_dir} lacks {name}: run the catalog rule first")
+        meta = json.loads((catalog_dir / "catalog.json").read_text())
+        raw_dir = Path(meta["raw_dir"])
+        table = pd.read_csv(catalog_dir / "catalog.csv", keep_default_na=False, dtype={"clip": str, "group": str})
+        clips = [
+            Clip(name=r.clip, label=int(r.label), group=r.group, audio=raw_dir / r.audio, video=raw_dir / r.video,
+                 start=float(r.start), end=None if r.end == "" else float(r.end))
+            for r in table.itertuples()
+        ]
+        folds = read_folds(catalog_dir / "data_splits.json")
+        return cls(meta["dataset"], meta["protocol"], meta["classes"], clips,
+                   {f: {s: sorted(m) for s, m in splits.items()} for f, splits in folds.items()}, raw_dir, meta.get("notes", {}))
+
+
+def read_folds(path: Path) -> dict[int, dict[str, set[str]]]:
+    """fold number -> split -> clip names (MLB json form; entries may carry a
+    file extension, as MLB's `<clip>.wav`), checking the splits are disjoint."""
+    raw = json.loads(Path(path).read_text())
+    folds = {}
+    for fold, members in raw.items():
+        missing = [split for split in SPLITS if split not in members]
+        if missing:
+            raise ValueError(f"{path}: fold {fold!r} lacks split(s) {missing}")
+        splits = {split: {_strip_media_suffix(entry) for entry in members[split]} for split in SPLITS}
+        for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
+            shared = splits[a] & splits[b]
+            if shared:
+                raise ValueError(f"{path}: fold {fold} has clips in both {a} and {b}: {sorted(shared)[:3]}")
+        folds[int(fold)] = splits
+    return folds
+
+
+MEDIA_SUFFIXES = (".wav", ".flv", ".mp4", ".avi", ".mp3")
+
+
+def _strip_media_suffix(entry: str) -> str:
+    for suffix in MEDIA_SUFFIXES:
+        if entry.endswith(suffix):
+            return entry[: -len(suffix)]
+    return entry
+
+
+def _relative(path: Path, raw_dir: Path) -> str:
+    try:
+        return str(Path(path).relative_to(raw_dir))
+    except ValueError:
+        return str(path)
+
+
+def check_counts(dataset: str, got: dict[str, int], expected: dict[str, int], source: str, advice: str = "") -> None:
+    """Stop loudly when split sizes (or class counts) differ from the paper's."""
+    wrong = {key: (got.get(key), want) for key, want in expected.items() if want is not None and got.get(key) != want}
+    if wrong:
+        detail = "; ".join(f"{key}: {have} where the paper's split has {want}" for key, (have, want) in wrong.items())
+        raise SplitMismatchError(f"{dataset}: {source} does not hold the published split ({detail}).{' ' + advice if advice else ''}")
+
+
+def skip_report(index: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Per fold, split and class: clips listed, kept, and skipped per reason."""
+    rows = []
+    for column in [c for c in index.columns if c.startswith("fold")]:
+        listed = index[index[column] != ""]
+        for (split, label), group in listed.groupby([column, "label"]):
+            reasons = Counter(group.loc[group["skipped"], "skip_kind"])
+            rows.append({"fold": int(column[4:]), "split": split, "class_name": classes[label], "listed": len(group),
+                         "kept": int((~group["skipped"]).sum()), **{f"skipped_{k}": v for k, v in sorted(reasons.items())}})
+    report = pd.DataFrame(rows)
+    skip_columns = sorted(c for c in report.columns if c.startswith("skipped_"))
+    return report.fillna(0).astype({c: int for c in skip_columns})[["fold", "split", "class_name", "listed", "kept", *skip_columns]] if rows else report
+
+
+def check_skips(report: pd.DataFrame, dataset: str, max_fraction: float, log_path: str) -> None:
+    """A split that lost a class, or more clips than the dataset's pitfalls
+    explain (`max_skipped_fraction`), stops the run, naming the log.
+    A fraction of 1 turns the check off."""
+    if max_fraction >= 1:
+        return
+    problems = []
+    for (fold, split), group in report.groupby(["fold", "split"]):
+        listed, kept = group["listed"].sum(), group["kept"].sum()
+        lost = group.loc[group["kept"] == 0, "class_name"].tolist()
+        if lost:
+            problems.append(f"fold {fold} {split} kept no clip of {lost}")
+        if listed and (listed - kept) / listed > max_fraction:
+            problems.append(f"fold {fold} {split} skipped {listed - kept} of {listed} clips ({(listed - kept) / listed:.1%} > {max_fraction:.1%})")
+    if problems:
+        raise SplitMismatchError(
+            f"{dataset}: {'; '.join(problems)}. The kept/skipped log per class and reason is {log_path}; "
+            f"fix the data, or raise datasets.{dataset}.max_skipped_fraction if these losses are expected."
+        )

@@ -1,0 +1,52 @@
+"""Which module, raw folder and protocol each dataset key of the config uses.
+
+A new dataset is one module in mmbalance/data/ with
+
+    CLASSES: tuple[str, ...]
+    def download(raw_dir: Path, source: dict, workers: int) -> dict
+        fetch, verify and extract everything into raw_dir; returns a record of
+        what was verified (written to resources/raw/<raw>/download.json)
+    def build_catalog(raw_dir: Path, protocol: str, options: dict) -> Catalog
+        read the split files, check them against the paper's counts
+
+plus one line here and its config entry in the schema. Two keys may share a
+raw folder (CREMA-D's two protocols are read from one download).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    module: str  # mmbalance.data.<module>
+    raw: str  # resources/raw/<raw>
+    protocol: str
+    description: str
+
+
+DATASETS = {
+    "synthetic_cremad": DatasetEntry("cremad", "synthetic_cremad", "generated", "the embedded default (generated, CREMA-D format)"),
+    "cremad": DatasetEntry("cremad", "cremad", "mlb", "CREMA-D, MLB's actor-independent folds 1-3 (VAVL partitions)"),
+    "cremad_ogm": DatasetEntry("cremad", "cremad", "ogm", "CREMA-D, OGM-GE's 6,698/744 split with a stratified 10% validation list"),
+    "ave": DatasetEntry("ave", "ave", "mlb", "AVE, 28 classes, official 3,339/402/402 lists (first occurrence kept)"),
+    "ucf101": DatasetEntry("ucf101", "ucf101", "mlb", "UCF101, the 51 classes with audio, official splits 1-3, validation by group"),
+    "kinetics_sounds": DatasetEntry("kinetics_sounds", "kinetics_sounds", "ogm_ge", "Kinetics-Sounds, 31 classes, OGM-GE / BML lists"),
+    "vggsound": DatasetEntry("vggsound", "vggsound", "ogm_ge", "VGGSound, 309 classes, the hche11 train/test lists"),
+}
+
+
+def entry(dataset: str) -> DatasetEntry:
+    if dataset not in DATASETS:
+        raise KeyError(f"dataset {dataset!r} is not one of {sorted(DATASETS)}")
+    return DATASETS[dataset]
+
+
+def module(dataset: str):
+    return importlib.import_module(f"mmbalance.data.{entry(dataset).module}")
+
+
+def is_generated(dataset: str) -> bool:
+    return entry(dataset).protocol == "generated"

@@ -104,7 +104,8 @@ def test_tiny_grid_end_to_end(workdir):
 
     tables = tmp_path / "results" / "tables"
     summary = (tables / "summary.md").read_text()
-    assert summary.startswith("Protocol: synthetic_cremad: actor-disjoint") and "| mlb |" in summary
+    assert summary.startswith("Protocol: synthetic_cremad: the embedded default") and "actor-disjoint" in summary.splitlines()[0]
+    assert "recipe custom: 2 frame(s) at 1 fps" in summary and "| mlb |" in summary
     figures = ["accuracy_per_method", "ece_per_method", "accuracy_per_fusion", "agreement"] + [
         f"synthetic_cremad/resnet18/{fusion}/{name}" for fusion in ("late_linear", "film")
         for name in ("balance_over_training", "unimodal_curves", "discrepancy_ratio", "logit_norms")

@@ -28,7 +28,7 @@ class DatasetEntry:
 
 
 DATASETS = {
-    "synthetic_cremad": DatasetEntry("cremad", "synthetic_cremad", "generated", "the embedded default (generated, CREMA-D format)"),
+    "synthetic_cremad": DatasetEntry("cremad", "synthetic_cremad", "generated", "the embedded default: generated clips in CREMA-D format, actor-disjoint train/val/test folds"),
     "cremad": DatasetEntry("cremad", "cremad", "mlb", "CREMA-D, MLB's actor-independent folds 1-3 (VAVL partitions)"),
     "cremad_ogm": DatasetEntry("cremad", "cremad", "ogm", "CREMA-D, OGM-GE's 6,698/744 split with a stratified 10% validation list"),
     "ave": DatasetEntry("ave", "ave", "mlb", "AVE, 28 classes, official 3,339/402/402 lists (first occurrence kept)"),

@@ -419,4 +419,4 @@ def _check_missing(missing: dict, max_fraction: float, raw_dir: Path) -> None:
         detail = "; ".join(f"{s}: {m['count']} of {m['listed']} clips have no media ({m['count'] / m['listed']:.1%}), "
                            f"e.g. {m['names'][:3]}" for s, m in too_many.items())
         raise MissingMediaError(f"{DATASET}: {detail} under {raw_dir / MEDIA_DIR} (more than max_missing_fraction "
-                                f"{max_fraction:.1%}); finish the download, or raise datasets.{DATASET}.max_missing_fraction")
+                                f"{max_fraction:.1%}); finish the download, or raise datasets.{DATASET}.catalog.max_missing_fraction")

@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from mmbalance.data.synthetic import write_flv, write_wav  # noqa: F401  (re-exported for the tests)
+from mmbalance.data.synthetic import mux_audio, write_flv, write_wav  # noqa: F401  (write_* re-exported for the tests)
 
 
 def frames(seed: int, count: int, width: int = 64, height: int = 48) -> np.ndarray:
@@ -37,22 +37,6 @@ def tone(seed: int, seconds: float, rate: int, channels: int = 1) -> np.ndarray:
     pitch = 200.0 + 40.0 * (seed % 20)
     wave = 0.5 * np.sin(2 * np.pi * pitch * t).astype(np.float32)
     return np.repeat(wave[None], channels, axis=0)
-
-
-def _encode_audio(container, stream, samples: np.ndarray, rate: int, sample_format: str) -> None:
-    layout = "mono" if samples.shape[0] == 1 else "stereo"
-    if sample_format == "s32p":
-        data = (samples * (2**31 - 1)).astype(np.int32)
-    else:  # fltp
-        data = samples.astype(np.float32)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=sample_format, layout=layout)
-    frame.sample_rate = rate
-    frame.time_base = Fraction(1, rate)
-    frame.pts = 0
-    for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode(None):
-        container.mux(packet)
 
 
 def _encode_video(container, stream, images: np.ndarray) -> None:
@@ -74,7 +58,7 @@ def write_mp4(path: Path, seed: int, seconds: float = 10.0, fps: int = 25, width
         sound = container.add_stream("aac", rate=audio_rate, layout="mono" if channels == 1 else "stereo") if audio else None
         _encode_video(container, video, frames(seed, int(seconds * fps), width, height))
         if sound is not None:
-            _encode_audio(container, sound, tone(seed, seconds, audio_rate, channels), audio_rate, "fltp")
+            mux_audio(container, sound, tone(seed, seconds, audio_rate, channels), audio_rate, "fltp")
     return path
 
 
@@ -92,7 +76,7 @@ def write_avi(path: Path, seed: int, seconds: float = 4.0, fps: float = 25, widt
         sound = container.add_stream("libmp3lame", rate=audio_rate, layout="mono" if channels == 1 else "stereo") if audio else None
         _encode_video(container, video, frames(seed, int(round(seconds * float(rate))), width, height))
         if sound is not None:
-            _encode_audio(container, sound, tone(seed, seconds, audio_rate, channels), audio_rate, "s32p")
+            mux_audio(container, sound, tone(seed, seconds, audio_rate, channels), audio_rate, "s32p")
     return path
 
 

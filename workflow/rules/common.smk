@@ -13,12 +13,15 @@ import jsonschema
 import yaml
 
 
+SCHEMA = yaml.safe_load(open(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"))
+
+
 def _method_settings(dataset, method):
     """methods.<method>, with the dataset's overrides merged over it and checked
     against the method's schema (the overrides are free-form in the schema,
     since schema defaults would otherwise overwrite the global settings)."""
     merged = config["methods"][method] | config["datasets"][dataset].get("methods", {}).get(method, {})
-    schema = yaml.safe_load(open(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"))
+    schema = SCHEMA
     subschema = schema["properties"]["methods"]["properties"][method] | {"$defs": schema["$defs"]}
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(subschema).iter_errors(merged))
     if error is not None:

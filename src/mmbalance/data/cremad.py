@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmbalance.data import download as dl
-from mmbalance.data.catalog import Catalog, SplitMismatchError, read_folds
-from mmbalance.data.catalog import Clip as CatalogClip
+from mmbalance.data.catalog import Catalog, Clip, SplitMismatchError, read_folds
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +49,6 @@ CLIP_NAME = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Clip:
-    name: str
-    actor: str
-    label: int
-    wav: Path
-    video: Path
-
-
 def parse_clip_name(name: str) -> dict[str, str]:
     match = CLIP_NAME.match(name)
     if match is None:
@@ -69,22 +59,16 @@ def parse_clip_name(name: str) -> dict[str, str]:
 
 
 def list_clips(raw_dir: Path) -> list[Clip]:
-    """Every clip that has a WAV file, sorted by name; the video may be missing."""
+    """Every clip that has a WAV file, sorted by name; the video may be missing.
+    Audio comes from AudioWAV, never the FLV soundtrack (DATASETS.md 1.4)."""
     wav_dir = Path(raw_dir) / "AudioWAV"
     if not wav_dir.is_dir():
         raise FileNotFoundError(f"{wav_dir} does not exist: is {raw_dir} a CREMA-D tree?")
     clips = []
     for wav in sorted(wav_dir.glob("*.wav")):
         fields = parse_clip_name(wav.stem)
-        clips.append(
-            Clip(
-                name=wav.stem,
-                actor=fields["actor"],
-                label=EMOTIONS.index(fields["emotion"]),
-                wav=wav,
-                video=Path(raw_dir) / "VideoFlash" / f"{wav.stem}.flv",
-            )
-        )
+        video = Path(raw_dir) / "VideoFlash" / f"{wav.stem}.flv"
+        clips.append(Clip(name=wav.stem, label=EMOTIONS.index(fields["emotion"]), group=fields["actor"], audio=wav, video=video))
     return clips
 
 
@@ -195,10 +179,7 @@ def build_catalog(raw_dir: Path, protocol: str, options: dict) -> Catalog:
     missing = sorted(listed - set(by_name))
     if missing:
         raise FileNotFoundError(f"{folds_file} lists {len(missing)} clips with no WAV in {raw_dir / 'AudioWAV'}, e.g. {missing[:3]}: re-run the download")
-    clips = [
-        CatalogClip(name=c.name, label=c.label, group=c.actor, audio=c.wav, video=c.video)
-        for name, c in sorted(by_name.items()) if name in listed
-    ]
+    clips = [clip for name, clip in sorted(by_name.items()) if name in listed]
     notes |= {"split_file": str(folds_file), "unused_clips": len(by_name) - len(clips),
               "known_bad_clips_kept": [n for n in KNOWN_BAD if n in listed]}
     catalog = Catalog("cremad", protocol, list(EMOTIONS), clips, {k: {s: sorted(m) for s, m in v.items()} for k, v in folds.items()}, raw_dir, notes)

@@ -138,15 +138,22 @@ def write_flv(path: Path, frames: np.ndarray, audio: np.ndarray | None) -> None:
         for packet in video.encode(None):
             container.mux(packet)
         if sound is not None:
-            samples = (audio * (2**31 - 1)).astype(np.int32)[None, :]
-            frame = av.AudioFrame.from_ndarray(samples, format="s32p", layout="mono")
-            frame.sample_rate = FLV_AUDIO_RATE
-            frame.time_base = Fraction(1, FLV_AUDIO_RATE)
-            frame.pts = 0
-            for packet in sound.encode(frame):
-                container.mux(packet)
-            for packet in sound.encode(None):
-                container.mux(packet)
+            mux_audio(container, sound, audio[None, :], FLV_AUDIO_RATE, "s32p")
+
+
+def mux_audio(container, stream, samples: np.ndarray, rate: int, sample_format: str) -> None:
+    """Encode (channels, samples) floats in [-1, 1] as one frame and flush the
+    encoder. MP3 wants int32 planar (s32p), AAC float planar (fltp)."""
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    data = (samples * (2**31 - 1)).astype(np.int32) if sample_format == "s32p" else samples.astype(np.float32)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=sample_format, layout=layout)
+    frame.sample_rate = rate
+    frame.time_base = Fraction(1, rate)
+    frame.pts = 0
+    for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
 
 
 def write_clip(job: tuple[Path, str, dict, bool]) -> None:

@@ -3,9 +3,11 @@
 # Result paths (one grammar, written once in workflow/rules/common.smk):
 #   resources/raw/{dataset}/                         downloads or the generated default
 #   results/features/{dataset}/                      decoded once: frames, spectrograms, index
-#   results/runs/{dataset}/{backbone}/{fusion}/{method}/fold{fold}/   one training job
-#   results/metrics/{dataset}/{backbone}/{fusion}/{method}/fold{fold}.json
-#   results/tables/, results/figures/, results/summary.json
+#   results/runs/{dataset}/{backbone}/{fusion}/{method}/{variant}/fold{fold}/   one training job
+#   results/metrics/{dataset}/{backbone}/{fusion}.json   test metrics of every run of a panel
+#   results/tables/ (papers/: the papers' tables, ours beside the published), results/figures/, results/summary.json
+#
+# The config is validated and every cell's settings resolved by mmbalance.config.
 #
 # Run: snakemake --cores all (profiles/default is picked up automatically).
 

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import validate
 
+from mmbalance.config import Cell, Experiment, validate
 from mmbalance.data import cremad, features, recipes, synthetic
 from mmbalance.tracking import init_store
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 # The Conformer backbone's layout at toy sizes, random weights (tests never download).
 TINY_CONFORMER = {
@@ -42,9 +41,7 @@ TINY_RECIPE = recipes.resolve(TINY_PREPROCESSING)
 
 def default_config(overrides: dict | None = None) -> dict:
     """The schema's defaults merged under `overrides`, validated."""
-    config = copy.deepcopy(overrides or {})
-    validate(config, str(SCHEMA))
-    return config
+    return validate(copy.deepcopy(overrides or {}))
 
 
 @pytest.fixture(scope="session")
@@ -93,22 +90,17 @@ def tracking(tmp_path_factory) -> dict:
 
 @pytest.fixture
 def train_settings(tracking):
-    """Settings of one tiny training run; call with the method and overrides."""
+    """Settings of one tiny training run, resolved by mmbalance.config as the workflow does;
+    call with the method and training-recipe overrides."""
 
     def make(method: str, fold: int = 1, epochs: int = 2, backbone: str = "resnet18", fusion: str = "late_linear", **train_overrides) -> dict:
-        config = default_config({"backbones": {"resnet18": {"width": 4}, "conformer": TINY_CONFORMER}})
-        return {
-            "cell": {"dataset": "synthetic_cremad", "backbone": backbone, "fusion": fusion, "method": method, "fold": fold},
-            "seed": fold,
-            "backbone": {"name": backbone} | config["backbones"][backbone],
-            "fusion": fusion,
-            "method": method,
-            "method_settings": config["methods"][method],
-            "train": {k: v for k, v in config["train"].items() if k not in ("threads", "mem_mb", "runtime")}
-            | {"epochs": epochs, "batch_size": 8, "device": "cpu"}
-            | train_overrides,
-            "tracking": tracking,
+        config = {
+            "grid": {"backbones": [backbone], "fusions": [fusion], "methods": [method], "folds": [fold]},
+            "backbones": {"resnet18": {"width": 4}, "conformer": TINY_CONFORMER},
+            "train": {"epochs": epochs, "batch_size": 8, "device": "cpu"} | train_overrides,
         }
+        cell = Cell("synthetic_cremad", backbone, fusion, method, "default", fold)
+        return Experiment(config).settings(cell).as_dict() | {"tracking": tracking}
 
     return make
 

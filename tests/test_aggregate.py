@@ -7,29 +7,21 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mmbalance.aggregate import (
-    collect,
-    compare_published,
-    load_published,
-    paired_tests,
-    paired_vs_joint,
-    published_markdown,
-    summarize,
-    write_tables,
-)
+from mmbalance.aggregate import collect, paired_tests, paired_vs_joint, summarize, write_tables
 
-PUBLISHED_CSV = Path(__file__).resolve().parents[1] / "config" / "published.csv"
-
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED_CSV = ROOT / "config" / "published.csv"
+PAPER_SPECS = ROOT / "config" / "paper_tables.yaml"
 PANEL = {"dataset": "cremad", "backbone": "resnet18", "fusion": "concat"}
 # Fused accuracy per fold (1, 2, 3).
 JOINT_ACC = [0.60, 0.62, 0.64]
 OGM_ACC = [0.63, 0.66, 0.66]
 
 
-def _metrics(method, fold, acc, heads):
+def _metrics(method, fold, acc, heads, variant="default"):
     head_metrics = {"accuracy": acc, "macro_f1": acc - 0.1, "mAP": acc + 0.1, "ece": 0.05}
     return {
-        "cell": {**PANEL, "method": method, "fold": fold},
+        "cell": {**PANEL, "method": method, "variant": variant, "fold": fold},
         "best_epoch": 10 + fold,
         "epochs_trained": 30,
         "num_test": 100,
@@ -117,7 +109,7 @@ def test_write_tables(metric_paths, tmp_path):
 
     markdown = (out_dir / "summary.md").read_text()
     assert markdown.startswith("Protocol: 5-fold CV, best val epoch\n")
-    header = "| dataset | backbone | fusion | method | acc (mean ± std) | audio acc | video acc | macro-F1 | mAP | ECE | n |"
+    header = "| dataset | backbone | fusion | method | variant | acc (mean ± std) | audio acc | video acc | macro-F1 | mAP | ECE | n |"
     assert header in markdown
     assert "| 62.0 ± 2.0 |" in markdown  # joint fused accuracy
     assert "| 55.0 |" in markdown  # audio_only: one fold, no std
@@ -126,11 +118,11 @@ def test_write_tables(metric_paths, tmp_path):
     text = (out_dir / "summary.json").read_text()
     assert "NaN" not in text
     metrics = json.loads(text)
-    assert metrics["cremad/resnet18/concat/joint/acc_mean"] == 0.62
-    assert metrics["cremad/resnet18/concat/ogm_ge/acc_std"] == 0.0173
-    assert metrics["cremad/resnet18/concat/joint/n_folds"] == 3
-    assert "cremad/resnet18/concat/audio_only/acc_std" not in metrics
-    assert "cremad/resnet18/concat/audio_only/acc_video_mean" not in metrics
+    assert metrics["cremad/resnet18/concat/joint/default/acc_mean"] == 0.62
+    assert metrics["cremad/resnet18/concat/ogm_ge/default/acc_std"] == 0.0173
+    assert metrics["cremad/resnet18/concat/joint/default/n_folds"] == 3
+    assert "cremad/resnet18/concat/audio_only/default/acc_std" not in metrics
+    assert "cremad/resnet18/concat/audio_only/default/acc_video_mean" not in metrics
 
 
 def test_paired_vs_joint_tests_three_folds(metric_paths):
@@ -161,81 +153,44 @@ def test_paired_tests_where_undefined():
     assert paired_tests(a, b) == pytest.approx((stats.ttest_rel(a, b).pvalue, stats.wilcoxon(np.subtract(a, b)).pvalue))
 
 
-def test_published_csv_is_well_formed():
-    published = load_published(PUBLISHED_CSV)
-
-    assert (published["value"].between(0, 100)).all()
-    assert published["source"].str.len().gt(20).all()
-    assert set(published["metric"]) == {"acc", "macro_f1"}
-    assert not published.duplicated().any()
-    cremad = published[published["dataset"] == "CREMA-D"].set_index(["method", "metric", "source"])["value"]
-    # BalanceBenchmark (METHODS.md 6.1) and the OGM-GE paper as quoted in the issues (6.2).
-    assert cremad.xs(("joint", "acc"), level=[0, 1]).sort_values().tolist() == [51.7, 59.81, 65.50]
-    assert cremad.xs(("mmcosine", "macro_f1"), level=[0, 1]).tolist() == [67.34]
-    assert sorted(cremad.xs(("ogm_ge", "acc"), level=[0, 1]).tolist()) == [57.7, 61.25, 61.9, 62.2, 64.41]
-
-
-def _summary_for_published():
+def _variant_runs():
+    """Joint and OGM-GE under the default and an `adam` variant; OGM-GE also under `ge_only`,
+    which Joint does not have."""
     rows = []
-    for dataset in ["cremad", "synthetic_cremad"]:
-        for fusion in ["late_linear", "sum"]:
-            for method, acc in [("joint", 0.60), ("ogm_ge", 0.64), ("mlb", 0.66)]:
-                for fold in [1, 2, 3]:
-                    rows.append({"dataset": dataset, "backbone": "resnet18", "fusion": fusion, "method": method,
-                                 "fold": fold, "best_epoch": 1, "acc": acc + 0.01 * fold, "macro_f1": acc,
-                                 "mAP": acc, "ece": 0.1})
-    return summarize(pd.DataFrame(rows), ["joint", "ogm_ge", "mlb"])
+    for variant, offset in [("default", 0.0), ("adam", -0.1)]:
+        rows += [_metrics("joint", fold, acc + offset, [], variant) for fold, acc in zip([1, 2, 3], JOINT_ACC)]
+        rows += [_metrics("ogm_ge", fold, acc + offset, [], variant) for fold, acc in zip([1, 2, 3], OGM_ACC)]
+    rows += [_metrics("ogm_ge", fold, acc + 0.01, [], "ge_only") for fold, acc in zip([1, 2, 3], OGM_ACC)]
+    return collect_rows(rows)
 
 
-def test_compare_published_joins_only_real_datasets():
-    comparison = compare_published(_summary_for_published(), load_published(PUBLISHED_CSV), "our folds")
-    cremad = comparison[comparison["dataset"] == "cremad"]
+def collect_rows(rows):
+    from mmbalance.aggregate import _run_row
 
-    joint = cremad[(cremad["method"] == "joint") & (cremad["fusion"] == "late_linear")]
-    acc = joint[joint["metric"] == "acc"]
-    # BalanceBenchmark (backbone, fusion unspecified), OGM-GE paper, released checkpoint.
-    assert sorted(acc["published"]) == [51.7, 59.81, 65.50]
-    assert acc["ours_mean"].iloc[0] == pytest.approx(62.0)
-    assert acc["ours_std"].iloc[0] == pytest.approx(1.0)
-    assert (acc["our_protocol"] == "our folds").all()
-    assert acc["published_protocol"].str.contains("best epoch chosen on the test set").all()
-    assert joint.loc[joint["metric"] == "macro_f1", "published"].tolist() == [65.07]
-    # The OGM-GE paper's sum-fusion number meets our sum run only, beside BalanceBenchmark's.
-    ogm_ge_sum = cremad[(cremad["method"] == "ogm_ge") & (cremad["fusion"] == "sum") & (cremad["metric"] == "acc")]
-    assert ogm_ge_sum["published"].tolist() == [62.2]
-    # No published MLB number on CREMA-D: a row that says so.
-    mlb = cremad[cremad["method"] == "mlb"]
-    assert len(mlb) == 2 and mlb["published"].isna().all()
-    assert mlb["note"].str.contains("no published number for this method").all()
-
-    # The generated dataset never meets CREMA-D's numbers; one accuracy row per cell says why.
-    synthetic = comparison[comparison["dataset"] == "synthetic_cremad"]
-    assert len(synthetic) == 6
-    assert synthetic["published"].isna().all()
-    assert synthetic["note"].str.contains("'synthetic_cremad' is not mapped").all()
-
-    # A map naming it explicitly would compare it (the caller's decision, not a guess).
-    mapped = compare_published(_summary_for_published(), load_published(PUBLISHED_CSV), "ours",
-                               {"synthetic_cremad": "CREMA-D"})
-    assert mapped.loc[mapped["dataset"] == "synthetic_cremad", "published"].notna().any()
+    return pd.DataFrame([_run_row(r) for r in rows])
 
 
-def test_published_markdown_names_both_protocols():
-    comparison = compare_published(_summary_for_published(), load_published(PUBLISHED_CSV), "speaker folds | val")
-    markdown = published_markdown(comparison, "speaker folds | val")
+def test_variants_are_summarised_apart_default_first():
+    summary = summarize(_variant_runs(), ["joint", "ogm_ge"])
+    assert list(zip(summary["method"], summary["variant"])) == [
+        ("joint", "default"), ("joint", "adam"), ("ogm_ge", "default"), ("ogm_ge", "adam"), ("ogm_ge", "ge_only")]
+    adam = summary[(summary["method"] == "ogm_ge") & (summary["variant"] == "adam")].iloc[0]
+    assert adam["acc_mean"] == pytest.approx(0.55) and adam["n_folds"] == 3
 
-    assert markdown.startswith("Our protocol: speaker folds | val\n")
-    assert "| published protocol |" in markdown
-    assert "OGM-GE split (6698 train / 744 test clips, speaker-dependent)" in markdown
-    assert "**synthetic_cremad: no published numbers" in markdown
-    assert "| cremad | resnet18 | late_linear | joint | acc | 62.0 ± 1.0 | 3 | 51.70 |" in markdown
-    # Every table row has the header's number of cells (pipes inside cells are escaped).
-    table = [line for line in markdown.splitlines() if line.startswith("|")]
-    assert {line.replace("\\|", "").count("|") for line in table} == {12}
+
+def test_a_variant_is_paired_with_joint_of_the_same_variant_else_the_default():
+    paired = paired_vs_joint(_variant_runs()).set_index(["method", "variant"])
+    # ogm_ge/adam - joint/adam: the same .03 mean as the default pair (both shifted by -.1).
+    assert paired.loc[("ogm_ge", "adam"), "joint_variant"] == "adam"
+    assert paired.loc[("ogm_ge", "adam"), "acc_diff_mean"] == pytest.approx(0.03)
+    # No joint/ge_only run: paired with joint/default, .04 on average.
+    assert paired.loc[("ogm_ge", "ge_only"), "joint_variant"] == "default"
+    assert paired.loc[("ogm_ge", "ge_only"), "acc_diff_mean"] == pytest.approx(0.04)
+    assert len(paired) == 3
 
 
 def _write_predictions(root, method, labels, correct):
-    path = root / "cremad" / "resnet18" / "concat" / method / "fold1" / "predictions.npz"
+    path = root / "cremad" / "resnet18" / "concat" / method / "default" / "fold1" / "predictions.npz"
     path.parent.mkdir(parents=True)
     probs = np.eye(3, dtype=np.float32)[np.where(correct, labels, (labels + 1) % 3)]
     np.savez(path, labels=labels, class_names=np.array(["a", "b", "c"]), best_epoch=np.array(1), probs_fused=probs)
@@ -251,14 +206,16 @@ def test_write_tables_with_published_and_agreement(metric_paths, tmp_path):
     ]
     out_dir = tmp_path / "tables"
     write_tables(metric_paths, out_dir, ["joint"], "ours", out_dir / "summary.json",
-                 published=PUBLISHED_CSV, prediction_paths=predictions)
+                 published=PUBLISHED_CSV, paper_specs=PAPER_SPECS, prediction_paths=predictions)
 
     assert {"runs.csv", "summary.csv", "paired_vs_joint.csv", "summary.md", "published_comparison.csv",
             "published_comparison.md", "agreement.csv", "agreement_summary.csv"} <= {p.name for p in out_dir.iterdir()}
     paired = pd.read_csv(out_dir / "paired_vs_joint.csv")
     assert {"t_pvalue", "wilcoxon_pvalue"} <= set(paired.columns)
     comparison = pd.read_csv(out_dir / "published_comparison.csv")
-    assert 65.50 in comparison["published"].tolist()  # the fixture's runs are on cremad
+    # The fixture's runs are on MLB's CREMA-D folds: no number of the three papers is of that protocol.
+    assert comparison["published"].isna().all()
+    assert comparison["note"].str.contains("no published numbers under protocol 'cremad_mlb_folds'").all()
     agreement = pd.read_csv(out_dir / "agreement.csv")
     assert agreement["group"].tolist() == ["both wrong", "only audio", "only video", "both right"]
     assert agreement["n"].tolist() == [1, 1, 1, 1]

@@ -97,15 +97,15 @@ def test_same_labels_in_another_clip_order_are_rejected(three_runs, tmp_path):
 
 
 def test_cell_from_path():
-    path = "results/runs/cremad/resnet18/late_linear/mlb/fold2/predictions.npz"
+    path = "results/runs/cremad/resnet18/late_linear/mlb/beta_max5/fold2/predictions.npz"
     assert cell_from_path(path) == {"dataset": "cremad", "backbone": "resnet18", "fusion": "late_linear",
-                                    "method": "mlb", "fold": 2}
+                                    "method": "mlb", "variant": "beta_max5", "fold": 2}
     with pytest.raises(ValueError, match="not laid out"):
         cell_from_path("results/mlb/predictions.npz")
 
 
-def _run(root, fusion, method, fold, dataset="cremad"):
-    return root / dataset / "resnet18" / fusion / method / f"fold{fold}" / "predictions.npz"
+def _run(root, fusion, method, fold, dataset="cremad", variant="default"):
+    return root / dataset / "resnet18" / fusion / method / variant / f"fold{fold}" / "predictions.npz"
 
 
 def test_agreement_table_pairs_runs_with_their_baselines(tmp_path):
@@ -117,13 +117,17 @@ def test_agreement_table_pairs_runs_with_their_baselines(tmp_path):
         _write(_run(tmp_path, "film", "joint", 1), AUDIO_ONLY, audio=AUDIO_HEAD, video=VIDEO_HEAD),
         # No baselines for this dataset at all: left out.
         _write(_run(tmp_path, "late_linear", "joint", 1, dataset="other"), FUSED),
+        # A variant without baselines of its own: those of the default variant stand in.
+        _write(_run(tmp_path, "late_linear", "mlb", 1, variant="beta_max5"), FUSED, audio=AUDIO_HEAD, video=VIDEO_HEAD),
     ]
     table = agreement_table(paths)
 
-    assert list(table.columns) == ["dataset", "backbone", "fusion", "method", "fold", "group", "n", "acc",
+    assert list(table.columns) == ["dataset", "backbone", "fusion", "method", "variant", "fold", "group", "n", "acc",
                                    "acc_audio", "acc_video"]
-    assert len(table) == 2 * len(GROUPS)
-    mlb = table[table["method"] == "mlb"].set_index("group")
+    assert len(table) == 3 * len(GROUPS)
+    variant = table[table["variant"] == "beta_max5"].set_index("group")
+    assert variant["acc"].tolist() == pytest.approx([0.0, 0.5, 2 / 3, 1.0])
+    mlb = table[(table["method"] == "mlb") & (table["variant"] == "default")].set_index("group")
     assert mlb["acc"].tolist() == pytest.approx([0.0, 0.5, 2 / 3, 1.0])
     assert (mlb["fold"] == 1).all() and (mlb["fusion"] == "late_linear").all()
     # The film joint run predicts like audio-only: right on its own groups only.
@@ -140,7 +144,7 @@ def test_agreement_table_without_runs_is_empty_with_columns():
 
 
 def test_summarize_agreement_over_three_folds():
-    cell = {"dataset": "cremad", "backbone": "resnet18", "fusion": "late_linear", "method": "mlb"}
+    cell = {"dataset": "cremad", "backbone": "resnet18", "fusion": "late_linear", "method": "mlb", "variant": "default"}
     rows = []
     for fold, (n, acc, acc_audio) in enumerate([(2, 0.5, 0.0), (3, 0.6, 1 / 3), (4, 1.0, 0.5)], start=1):
         rows.append({**cell, "fold": fold, "group": "only video", "n": n, "acc": acc, "acc_audio": acc_audio})

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+from mmbalance.config import schema
 
-from mmbalance.balancers import BALANCERS, build_balancer
+from mmbalance.balancers import METHODS, build_balancer
 from mmbalance.balancers.base import Balancer, EpochContext, true_class_confidence
 from mmbalance.balancers.mlb import mlb_coefficients
 from mmbalance.balancers.mmcosine import cosine_logits
@@ -16,7 +16,6 @@ from mmbalance.balancers.multi_loss import multi_loss
 from mmbalance.balancers.ogm import OGMGE, generalization_enhancement, ogm_coefficients
 from mmbalance.models.multimodal import ModelOutput, build_model
 
-from conftest import SCHEMA
 
 # METHODS.md 4.4: 2 samples, 3 classes, labels [0, 2].
 LABELS = torch.tensor([0, 2])
@@ -72,6 +71,17 @@ def test_ogm_damps_only_the_dominant_modality_and_nobody_on_a_tie():
     assert k.tolist() == pytest.approx([1.0, 1 - math.tanh(1.0)])
     _, k = ogm_coefficients(torch.tensor([3.0, 3.0]), 0.8)
     assert k.tolist() == [1.0, 1.0]
+
+
+def test_ogm_alpha_zero_modulates_nobody_so_ogm_ge_adds_noise_only():
+    """OGM-GE Table 7's GE-only row: k = 1 - tanh(0) = 1 for every modality, the noise stays."""
+    _, k = ogm_coefficients(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64), 0.0)
+    assert k.tolist() == [1.0, 1.0, 1.0]
+    torch.manual_seed(0)
+    grad = torch.tensor([1.0, -1.0, 3.0, -3.0])
+    noise = generalization_enhancement(grad, 1.0) - grad
+    torch.manual_seed(0)
+    assert torch.allclose(noise, torch.randn(4) * (2.581989 + 1e-8), atol=1e-5)
 
 
 def test_ogm_ge_noise_std_is_the_unbiased_std_of_the_unscaled_gradient():
@@ -163,9 +173,15 @@ def test_mlb_scales_encoder_head_and_fusion_block_but_not_the_shared_bias():
 
 
 def test_registry_and_schema_list_the_same_methods():
-    schema = yaml.safe_load(SCHEMA.read_text())
-    assert set(schema["properties"]["grid"]["properties"]["methods"]["items"]["enum"]) == set(BALANCERS)
-    assert set(schema["properties"]["methods"]["properties"]) == set(BALANCERS)
+    full = schema()
+    assert full["$defs"]["method_name"]["enum"] == list(METHODS)
+    assert set(full["properties"]["methods"]["properties"]) == set(METHODS)
+    # Every setting of every method is typed, defaulted and described, with no other key allowed.
+    for name in METHODS:
+        block = full["properties"]["methods"]["properties"][name]
+        assert block["additionalProperties"] is False and block["description"], name
+        for key, setting in block["properties"].items():
+            assert "default" in setting and "description" in setting, (name, key)
 
 
 def test_mslr_ratio_worked_example():

@@ -96,9 +96,18 @@ def test_evaluate_run_of_unimodal_baseline_has_only_audio(tmp_path):
     assert result["audio"] == result["fused"]
 
 
-def test_write_metrics_writes_json_and_creates_parents(tmp_path):
+def test_write_metrics_writes_one_list_per_panel(tmp_path):
+    runs = []
+    for method in ("joint", "audio_only"):
+        folder = tmp_path / "runs" / method
+        folder.mkdir(parents=True)
+        predictions, _ = _write_run(folder, ["fused", "audio", "video"] if method == "joint" else ["fused", "audio"])
+        (folder / "run.json").write_text(json.dumps({"cell": {**CELL, "method": method}}))
+        runs.append(predictions)
     out_path = tmp_path / "results" / "cremad" / "metrics.json"
-    result = write_metrics(*_write_run(tmp_path, ["fused", "audio", "video"]), CELL, out_path)
+    results = write_metrics(runs, out_path)
 
-    assert json.loads(out_path.read_text()) == result
+    assert json.loads(out_path.read_text()) == results
+    assert [r["cell"]["method"] for r in results] == ["joint", "audio_only"]
+    assert "video" not in results[1]
     assert [path.name for path in out_path.parent.iterdir()] == ["metrics.json"]  # no temp file left

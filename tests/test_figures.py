@@ -199,6 +199,12 @@ def test_discrepancy_ratio_compares_with_and_without_modulation(tmp_path):
     assert not _has_no_data_note(fig)
 
 
+def test_discrepancy_ratio_draws_each_variant(tmp_path):
+    histories = {label: _history(5, ["balance/ratio_audio"]) for label in ["joint/adam", "joint", "ogm_ge/adam", "ogm_ge"]}
+    (ax,) = plot_discrepancy_ratio(histories, tmp_path / "ratio.png").axes
+    assert ax.get_legend_handles_labels()[1] == ["joint/adam (no modulation)", "joint (no modulation)", "ogm_ge/adam", "ogm_ge"]
+
+
 def test_logit_norms_have_a_panel_per_method_and_modality_and_a_line_per_class(tmp_path):
     def history(scale):
         epochs = np.arange(4)
@@ -218,10 +224,11 @@ def test_logit_norms_have_a_panel_per_method_and_modality_and_a_line_per_class(t
 
 
 def test_read_histories_groups_folds_by_method(tmp_path):
-    for method, fold in [("joint", 1), ("joint", 2), ("olm", 1)]:
-        path = tmp_path / method / f"fold{fold}" / "history.csv"
+    for method, variant, fold in [("joint", "default", 1), ("joint", "default", 2), ("olm", "default", 1), ("olm", "sgd", 1)]:
+        path = tmp_path / method / variant / f"fold{fold}" / "history.csv"
         path.parent.mkdir(parents=True)
         pd.DataFrame({"epoch": [0], "val_acc": [fold / 10]}).to_csv(path, index=False)
-    histories = read_histories(sorted(tmp_path.glob("*/*/history.csv")))
-    assert sorted(histories) == ["joint", "olm"]
+    histories = read_histories(sorted(tmp_path.glob("*/*/*/history.csv")))
+    # The default variant is labelled by the method alone, another as <method>/<variant>.
+    assert sorted(histories) == ["joint", "olm", "olm/sgd"]
     assert [h["val_acc"][0] for h in histories["joint"]] == [0.1, 0.2]

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mmbalance import papers
+from mmbalance.data import registry
 from mmbalance.evaluate import CELL_KEYS
 from mmbalance.io import write_text_atomic
 
-GROUP_KEYS = ["dataset", "backbone", "fusion", "method"]
+GROUP_KEYS = ["dataset", "backbone", "fusion", "method", "variant"]
 PANEL_KEYS = ["dataset", "backbone", "fusion"]
 BASELINE_METHOD = "joint"
 FUSED_COLUMNS = {"accuracy": "acc", "macro_f1": "macro_f1", "mAP": "mAP", "ece": "ece"}
@@ -23,8 +25,12 @@ MIN_PAIRS = 3
 
 
 def collect(metric_paths: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per run: its cell, best epoch, fused metrics and ``acc_<modality>`` per unimodal head."""
-    rows = [_run_row(json.loads(Path(path).read_text())) for path in metric_paths]
+    """One row per run: its cell, best epoch, fused metrics and ``acc_<modality>`` per unimodal head.
+    Each file holds one run's metrics or a list of them (the evaluate rule writes one list per panel)."""
+    rows = []
+    for path in metric_paths:
+        content = json.loads(Path(path).read_text())
+        rows += [_run_row(metrics) for metrics in (content if isinstance(content, list) else [content])]
     modality_columns = sorted({column for row in rows for column in row if column.startswith("acc_")})
     columns = [*CELL_KEYS, "best_epoch", *FUSED_COLUMNS.values(), *modality_columns]
     runs = pd.DataFrame(rows, columns=columns)
@@ -50,14 +56,31 @@ def metric_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def ordered_methods(methods: Iterable[str], method_order: Sequence[str] | None = None) -> list[str]:
-    """``methods`` in ``method_order``, then those not listed alphabetically."""
+    """``methods`` in ``method_order``, then those not listed alphabetically. A label
+    ``<method>/<variant>`` (see ``run_label``) sorts right after its method."""
     methods = set(methods)
-    listed = [method for method in method_order or [] if method in methods]
+    listed = [label for method in method_order or [] for label in sorted(methods) if label == method or label.startswith(f"{method}/")]
+    listed = list(dict.fromkeys(listed))
     return listed + sorted(methods - set(listed))
 
 
+DEFAULT_VARIANT = "default"
+
+
+def run_label(method: str, variant: str) -> str:
+    """How figures and tables name a (method, variant): the method alone for the default variant."""
+    return method if variant == DEFAULT_VARIANT else f"{method}/{variant}"
+
+
+def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with its ``method`` column replaced by the (method, variant) label, for figures."""
+    if "variant" not in runs.columns:
+        return runs
+    return runs.assign(method=[run_label(m, v) for m, v in zip(runs["method"], runs["variant"])])
+
+
 def summarize(runs: pd.DataFrame, method_order: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per cell (dataset, backbone, fusion, method): mean and sample std over folds of every metric."""
+    """Per cell (dataset, backbone, fusion, method, variant): mean and sample std over folds of every metric."""
     columns = metric_columns(runs)
     grouped = runs.groupby(GROUP_KEYS)
     summary = grouped[columns].agg(["mean", "std"])  # std has ddof=1: NaN for a single fold
@@ -65,9 +88,10 @@ def summarize(runs: pd.DataFrame, method_order: Sequence[str] | None = None) -> 
     summary["n_folds"] = grouped.size()
     summary = summary.reset_index()
     rank = {method: i for i, method in enumerate(ordered_methods(summary["method"], method_order))}
+    # The default variant first, the others in alphabetical order.
     return summary.sort_values(
         GROUP_KEYS,
-        key=lambda column: column.map(rank) if column.name == "method" else column,
+        key=lambda column: column.map(rank) if column.name == "method" else (column.ne(DEFAULT_VARIANT).astype(str) + column if column.name == "variant" else column),
         ignore_index=True,
     )
 
@@ -77,19 +101,25 @@ def paired_vs_joint(runs: pd.DataFrame, min_pairs: int = MIN_PAIRS) -> pd.DataFr
     have, and two-sided p-values of a paired t-test and a Wilcoxon signed-rank test.
 
     Both runs of a pair are tested on the same fold's test set, so pairing removes the
-    fold-to-fold difficulty spread that the summary's stds include. With fewer than
-    ``min_pairs`` folds the p-values are NaN.
+    fold-to-fold difficulty spread that the summary's stds include. A run is paired with the
+    Joint run of its own variant when the panel has one (OGM-GE's `adam` with Joint's `adam`),
+    otherwise with Joint's default variant; column ``joint_variant`` says which. With fewer
+    than ``min_pairs`` folds the p-values are NaN.
     """
-    joint = runs.loc[runs["method"] == BASELINE_METHOD, [*PANEL_KEYS, "fold", "acc"]]
+    joint = runs.loc[runs["method"] == BASELINE_METHOD, [*PANEL_KEYS, "variant", "fold", "acc"]]
     others = runs.loc[runs["method"] != BASELINE_METHOD, [*GROUP_KEYS, "fold", "acc"]]
-    paired = others.merge(joint, on=[*PANEL_KEYS, "fold"], suffixes=("", "_joint"))
+    same = others.merge(joint, on=[*PANEL_KEYS, "variant", "fold"], suffixes=("", "_joint"))
+    same["joint_variant"] = same["variant"]
+    # Runs whose variant Joint does not have in their panel: Joint's default variant.
+    has_own = others.merge(joint[[*PANEL_KEYS, "variant"]].drop_duplicates(), on=[*PANEL_KEYS, "variant"], how="left", indicator=True)["_merge"].eq("both")
+    fallback = others[~has_own.to_numpy()].merge(
+        joint[joint["variant"] == DEFAULT_VARIANT].drop(columns="variant"), on=[*PANEL_KEYS, "fold"], suffixes=("", "_joint"))
+    fallback["joint_variant"] = DEFAULT_VARIANT
+    paired = pd.concat([same, fallback], ignore_index=True)
     paired["acc_diff"] = paired["acc"] - paired["acc_joint"]
-    table = (
-        paired.groupby(GROUP_KEYS)["acc_diff"]
-        .agg(acc_diff_mean="mean", acc_diff_std="std", n="count")
-        .reset_index()
-    )
-    tests = [paired_tests(group["acc"], group["acc_joint"], min_pairs) for _, group in paired.groupby(GROUP_KEYS)]
+    keys = [*GROUP_KEYS, "joint_variant"]
+    table = paired.groupby(keys)["acc_diff"].agg(acc_diff_mean="mean", acc_diff_std="std", n="count").reset_index()
+    tests = [paired_tests(group["acc"], group["acc_joint"], min_pairs) for _, group in paired.groupby(keys)]
     table["t_pvalue"] = [t for t, _ in tests]
     table["wilcoxon_pvalue"] = [w for _, w in tests]
     return table
@@ -121,16 +151,20 @@ def write_tables(
     protocol: str,
     summary_json: str | Path,
     *,
-    published: str | Path | pd.DataFrame | None = None,
-    dataset_map: Mapping[str, str] | None = None,
+    published: str | Path | None = None,
+    paper_specs: str | Path | None = None,
+    paper_tables: Sequence[str] = (),
     prediction_paths: Iterable[str | Path] | None = None,
+    variants: Mapping[str, str] | None = None,
 ) -> None:
     """Write runs.csv, summary.csv, paired_vs_joint.csv and summary.md to ``out_dir``, and the
     flat metrics for ``dvc metrics show`` to ``summary_json`` (kept apart from the tables
     folder, because DVC refuses a metrics file inside another output).
 
-    Optional extras: with ``published`` (config/published.csv or its frame),
-    published_comparison.csv and .md (see ``compare_published``); with ``prediction_paths``
+    Optional extras: with ``published`` (config/published.csv) and ``paper_specs``
+    (config/paper_tables.yaml), published_comparison.csv and .md (see ``compare_published``)
+    and, for each key of ``paper_tables``, papers/<key>.csv and .md (the paper's table laid
+    out as printed, ours beside it; see mmbalance.papers); with ``prediction_paths``
     (every run's predictions.npz, the unimodal baselines included), agreement.csv (per fold)
     and agreement_summary.csv (over folds), see ``mmbalance.agreement``."""
     out_dir = Path(out_dir)
@@ -139,14 +173,20 @@ def write_tables(
     write_text_atomic(out_dir / "runs.csv", runs.to_csv(index=False))
     write_text_atomic(out_dir / "summary.csv", summary.to_csv(index=False))
     write_text_atomic(out_dir / "paired_vs_joint.csv", paired_vs_joint(runs).to_csv(index=False))
-    write_text_atomic(out_dir / "summary.md", summary_markdown(summary, protocol))
+    write_text_atomic(out_dir / "summary.md", summary_markdown(summary, protocol, variants))
     write_text_atomic(summary_json, json.dumps(summary_metrics(summary), indent=2, allow_nan=False) + "\n")
     if published is not None:
-        if not isinstance(published, pd.DataFrame):
-            published = load_published(published)
-        comparison = compare_published(summary, published, protocol, dataset_map)
+        specs = papers.load_specs(paper_specs)
+        resolved = papers.resolve_published(papers.load_published(published), specs)
+        comparison = compare_published(summary, resolved, protocol)
         write_text_atomic(out_dir / "published_comparison.csv", comparison.to_csv(index=False))
         write_text_atomic(out_dir / "published_comparison.md", published_markdown(comparison, protocol))
+        for key in paper_tables:
+            if key not in specs:
+                raise ValueError(f"analysis.paper_tables: {key!r} is not a table of {paper_specs} ({sorted(specs)})")
+            table = papers.paper_table(specs[key], resolved, summary)
+            write_text_atomic(out_dir / "papers" / f"{key}.csv", table.to_csv(index=False))
+            write_text_atomic(out_dir / "papers" / f"{key}.md", papers.paper_markdown(specs[key], table))
     if prediction_paths is not None:
         from mmbalance.agreement import agreement_table, summarize_agreement
 
@@ -155,83 +195,45 @@ def write_tables(
         write_text_atomic(out_dir / "agreement_summary.csv", summarize_agreement(agreement).to_csv(index=False))
 
 
-# Published numbers (config/published.csv): values in percent, one row per number and source.
-PUBLISHED_COLUMNS = ["dataset", "protocol", "backbone", "fusion", "method", "metric", "value", "source"]
-# A backbone or fusion the source does not state; such a number is shown beside all of ours.
-UNSPECIFIED = "unspecified"
-# Our dataset id -> the dataset name in published.csv. Only real datasets: the generated
-# synthetic_cremad only shares CREMA-D's format, so it must never meet CREMA-D's numbers.
-# UCF101 is not mapped: the published UCF-101 numbers are RGB + optical flow, not audio-visual.
-PUBLISHED_DATASETS = {"cremad": "CREMA-D", "cremad_ogm": "CREMA-D", "ave": "AVE", "kinetics_sounds": "Kinetics-Sounds", "vggsound": "VGGSound"}
-COMPARED_METRICS = ("acc", "macro_f1")
+# Our metrics compared with published numbers (percent); see mmbalance.papers for where they come from.
+COMPARED_METRICS = ("acc", "mAP")
+COMPARISON_COLUMNS = [*GROUP_KEYS, "metric", "ours_mean", "ours_std", "n_folds", "our_protocol", "published", "published_protocol",
+                      "source", "note"]
 
 
-def load_published(path: str | Path) -> pd.DataFrame:
-    """Read config/published.csv, checking its columns and that every value is a number."""
-    published = pd.read_csv(path, dtype={"value": float}, keep_default_na=False)
-    missing = [column for column in PUBLISHED_COLUMNS if column not in published.columns]
-    if missing:
-        raise ValueError(f"{path} lacks the columns {missing}; expected {PUBLISHED_COLUMNS}")
-    empty = published[PUBLISHED_COLUMNS].eq("").any(axis=1)
-    if empty.any():
-        raise ValueError(f"{path}: empty fields in rows {list(published.index[empty] + 2)} (write {UNSPECIFIED!r} when unknown)")
-    return published[PUBLISHED_COLUMNS]
+def compare_published(summary: pd.DataFrame, resolved: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """Our fold means beside the published numbers of the same cell and protocol, in percent:
+    one row per (our cell, metric, published number).
 
-
-def compare_published(
-    summary: pd.DataFrame,
-    published: pd.DataFrame,
-    protocol: str,
-    dataset_map: Mapping[str, str] | None = None,
-) -> pd.DataFrame:
-    """Our fold means beside published numbers, in percent, one row per (our cell, metric,
-    published number).
-
-    A published number matches our cell when the dataset maps to it (``dataset_map``, default
-    ``PUBLISHED_DATASETS``; a dataset not in the map has no published numbers), the method and
-    metric are the same and backbone and fusion are equal or ``unspecified`` in the source.
-    Every cell keeps at least its accuracy row, with an explanatory ``note`` when nothing
-    matches, so a missing comparison is visible rather than silent.
+    ``resolved`` is ``papers.resolve_published``'s table, where every number carries our cell
+    key and was checked to belong to its dataset's protocol. Every cell keeps at least its
+    accuracy row, with a ``note`` when nothing matches, so a missing comparison is visible.
     """
-    dataset_map = PUBLISHED_DATASETS if dataset_map is None else dataset_map
     rows = []
     for _, cell in summary.iterrows():
-        published_dataset = dataset_map.get(cell["dataset"])
+        entry = registry.entry(cell["dataset"]) if cell["dataset"] in registry.DATASETS else None
         for metric in COMPARED_METRICS:
             if f"{metric}_mean" not in summary.columns:
                 continue
-            ours = {
-                **{key: cell[key] for key in GROUP_KEYS},
-                "metric": metric,
-                "ours_mean": 100 * cell[f"{metric}_mean"],
-                "ours_std": 100 * cell[f"{metric}_std"],
-                "n_folds": cell["n_folds"],
-                "our_protocol": protocol,
-            }
-            matches = published[
-                (published["dataset"] == published_dataset)
-                & (published["method"] == cell["method"])
-                & (published["metric"] == metric)
-                & published["backbone"].isin([cell["backbone"], UNSPECIFIED])
-                & published["fusion"].isin([cell["fusion"], UNSPECIFIED])
-            ]
+            ours = {**{key: cell[key] for key in GROUP_KEYS}, "metric": metric, "ours_mean": 100 * cell[f"{metric}_mean"],
+                    "ours_std": 100 * cell[f"{metric}_std"], "n_folds": cell["n_folds"], "our_protocol": protocol}
+            matches = resolved
+            for key in GROUP_KEYS:
+                matches = matches[matches[f"our_{key}"] == cell[key]]
+            matches = matches[matches["our_metric"] == metric]
             for _, match in matches.iterrows():
-                rows.append({**ours, "published_dataset": published_dataset, "published": match["value"],
-                             "published_backbone": match["backbone"], "published_fusion": match["fusion"],
-                             "published_protocol": match["protocol"], "source": match["source"], "note": ""})
+                source = f"{match['paper']}, {match['table']}, row {match['row']!r}, column {match['column']!r}"
+                rows.append({**ours, "published": match["value"], "published_protocol": match["protocol"], "source": source,
+                             "note": match["note"]})
             if matches.empty and metric == "acc":
-                if published_dataset is None:
-                    note = f"no published numbers: dataset {cell['dataset']!r} is not mapped to a published dataset"
-                elif not (published["dataset"] == published_dataset).any():
-                    note = f"no published numbers for {published_dataset}"
+                if entry is None or entry.published_protocol is None:
+                    note = f"no published numbers: dataset {cell['dataset']!r} is not mapped to a published protocol"
+                elif not (resolved["protocol"] == entry.published_protocol).any():
+                    note = f"no published numbers under protocol {entry.published_protocol!r}"
                 else:
-                    note = f"no published number for this method, backbone and fusion on {published_dataset}"
-                rows.append({**ours, "published_dataset": published_dataset or "", "published": math.nan,
-                             "published_backbone": "", "published_fusion": "", "published_protocol": "",
-                             "source": "", "note": note})
-    columns = [*GROUP_KEYS, "metric", "ours_mean", "ours_std", "n_folds", "our_protocol", "published_dataset",
-               "published", "published_backbone", "published_fusion", "published_protocol", "source", "note"]
-    return pd.DataFrame(rows, columns=columns)
+                    note = f"no published number for this backbone, fusion, method and variant under protocol {entry.published_protocol!r}"
+                rows.append({**ours, "published": math.nan, "published_protocol": "", "source": "", "note": note})
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
 def published_markdown(comparison: pd.DataFrame, protocol: str) -> str:
@@ -240,36 +242,28 @@ def published_markdown(comparison: pd.DataFrame, protocol: str) -> str:
         f"Our protocol: {protocol}",
         "",
         (
-            "Published numbers were obtained under the protocol named in each row (split, recipe, model "
-            "selection); most reference papers select the epoch on the test set. Values in percent; "
-            "ours are mean ± sample std over folds."
+            "A published number is shown only beside runs of its own protocol (split and dataset version). "
+            "The papers selected their epoch on the test set; ours is selected on validation. "
+            "Values in percent; ours are mean ± sample std over folds."
         ),
         "",
     ]
-    has_published = comparison.groupby("dataset")["published"].apply(lambda values: values.notna().any())
-    for dataset in has_published.index[~has_published]:
-        note = comparison.loc[comparison["dataset"] == dataset, "note"].iloc[0]
-        lines += [f"**{dataset}: {note}.** Its rows below are ours alone.", ""]
-    header = ["dataset", "backbone", "fusion", "method", "metric", "ours (mean ± std)", "n",
-              "published", "published dataset / backbone / fusion", "published protocol", "source"]
+    header = [*GROUP_KEYS, "metric", "ours (mean ± std)", "n", "published", "published protocol", "source"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in comparison.iterrows():
-        if math.isnan(row["published"]):
-            published, setting = "–", row["note"]
-        else:
-            published = f"{row['published']:.2f}"
-            setting = f"{row['published_dataset']} / {row['published_backbone']} / {row['published_fusion']}"
+        published = "–" if math.isnan(row["published"]) else f"{row['published']:.2f}"
+        source = row["note"] if math.isnan(row["published"]) else row["source"] + (f" ({row['note']})" if row["note"] else "")
         cells = [*(str(row[key]) for key in GROUP_KEYS), row["metric"], _percent(row["ours_mean"] / 100, row["ours_std"] / 100),
-                 str(row["n_folds"]), published, setting, row["published_protocol"], row["source"]]
+                 str(row["n_folds"]), published, row["published_protocol"], source]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     if comparison.empty:
-        lines.append("")
-        lines.append("No runs to compare.")
+        lines += ["", "No runs to compare."]
     return "\n".join(lines) + "\n"
 
 
-def summary_markdown(summary: pd.DataFrame, protocol: str) -> str:
-    """A Markdown table of the summary, values in percent as ``mean ± std``."""
+def summary_markdown(summary: pd.DataFrame, protocol: str, variants: Mapping[str, str] | None = None) -> str:
+    """A Markdown table of the summary, values in percent as ``mean ± std``; the variants'
+    descriptions below it."""
     value_columns = {"acc (mean ± std)": "acc"}
     for column in summary.columns:
         if modality := re.fullmatch(r"acc_(.+)_mean", column):
@@ -290,6 +284,8 @@ def summary_markdown(summary: pd.DataFrame, protocol: str) -> str:
         cells += [_percent(row[f"{column}_mean"], row[f"{column}_std"]) for column in value_columns.values()]
         cells.append(str(row["n_folds"]))
         lines.append("| " + " | ".join(cells) + " |")
+    if variants:
+        lines += ["", "Variants:", ""] + [f"- `{name}`: {description}" for name, description in variants.items()]
     return "\n".join(lines) + "\n"
 
 

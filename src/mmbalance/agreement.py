@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # Index i of a sample's group is audio_correct + 2 * video_correct.
 GROUPS = ("both wrong", "only audio", "only video", "both right")
-GROUP_KEYS = ["dataset", "backbone", "fusion", "method"]
+GROUP_KEYS = ["dataset", "backbone", "fusion", "method", "variant"]
 AUDIO_BASELINE = "audio_only"
 VIDEO_BASELINE = "video_only"
 
@@ -89,12 +89,12 @@ def agreement_from_files(audio_path: str | Path, video_path: str | Path, multimo
 
 
 def cell_from_path(path: str | Path) -> dict:
-    """The run cell of ``.../<dataset>/<backbone>/<fusion>/<method>/fold<k>/predictions.npz``."""
+    """The run cell of ``.../<dataset>/<backbone>/<fusion>/<method>/<variant>/fold<k>/predictions.npz``."""
     parts = Path(path).parts
-    if len(parts) < 6 or not parts[-2].startswith("fold") or not parts[-2][4:].isdigit():
-        raise ValueError(f"{path} is not laid out as <dataset>/<backbone>/<fusion>/<method>/fold<k>/predictions.npz")
-    dataset, backbone, fusion, method = parts[-6:-2]
-    return {"dataset": dataset, "backbone": backbone, "fusion": fusion, "method": method, "fold": int(parts[-2][4:])}
+    if len(parts) < 7 or not parts[-2].startswith("fold") or not parts[-2][4:].isdigit():
+        raise ValueError(f"{path} is not laid out as <dataset>/<backbone>/<fusion>/<method>/<variant>/fold<k>/predictions.npz")
+    dataset, backbone, fusion, method, variant = parts[-7:-2]
+    return {"dataset": dataset, "backbone": backbone, "fusion": fusion, "method": method, "variant": variant, "fold": int(parts[-2][4:])}
 
 
 def agreement_table(
@@ -106,10 +106,11 @@ def agreement_table(
     ``group``, ``n``, ``acc`` and the head accuracies ``acc_<modality>``.
 
     Cells come from the run folder layout (``cell_from_path``). Each multimodal run is paired
-    with the baselines of its dataset, backbone and fold, from the same fusion when there is
-    such a run (a unimodal model ignores the fusion, but the grid trains one per fusion),
-    otherwise from the first other fusion. Runs without both baselines are skipped with a
-    warning; the baselines get no rows of their own (they are right or wrong by definition).
+    with the baselines of its dataset, backbone and fold: of its own variant when there is
+    one, else of the default variant; from the same fusion when there is such a run (a
+    unimodal model ignores the fusion), otherwise from the first other fusion. Runs without
+    both baselines are skipped with a warning; the baselines get no rows of their own (they
+    are right or wrong by definition).
     """
     runs = {}
     for path in prediction_paths:
@@ -117,14 +118,17 @@ def agreement_table(
         runs[tuple(cell[key] for key in CELL_KEYS)] = (cell, Path(path))
 
     def baseline(cell: dict, method: str) -> Path | None:
-        same_fusion = (cell["dataset"], cell["backbone"], cell["fusion"], method, cell["fold"])
-        if same_fusion in runs:
-            return runs[same_fusion][1]
-        others = sorted(
-            key for key in runs
-            if key[3] == method and (key[0], key[1], key[4]) == (cell["dataset"], cell["backbone"], cell["fold"])
-        )
-        return runs[others[0]][1] if others else None
+        for variant in dict.fromkeys([cell["variant"], "default"]):
+            same_fusion = (cell["dataset"], cell["backbone"], cell["fusion"], method, variant, cell["fold"])
+            if same_fusion in runs:
+                return runs[same_fusion][1]
+            others = sorted(
+                key for key in runs
+                if key[3] == method and key[4] == variant and (key[0], key[1], key[5]) == (cell["dataset"], cell["backbone"], cell["fold"])
+            )
+            if others:
+                return runs[others[0]][1]
+        return None
 
     frames = []
     for key in sorted(runs):

@@ -91,19 +91,17 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from mmbalance.evaluate import write_metrics
 
-    if len(args.predictions) != len(args.out):
-        raise SystemExit(f"evaluate: {len(args.predictions)} --predictions but {len(args.out)} --out paths")
-    for predictions, out in zip(args.predictions, args.out):
-        run_dir = predictions.parent
-        cell = json.loads((run_dir / "run.json").read_text())["cell"]
-        write_metrics(predictions, run_dir / "history.csv", cell, out)
+    results = write_metrics(args.predictions, args.out)
+    logging.info("%d runs evaluated into %s", len(results), args.out)
 
 
 def cmd_aggregate(args) -> None:
     from mmbalance.aggregate import write_tables
 
+    variants = dict(item.split("=", 1) for item in args.variants)
     write_tables(args.metrics, args.out_dir, args.method_order, args.protocol, args.summary_json,
-                 published=args.published, prediction_paths=args.predictions)
+                 published=args.published, prediction_paths=args.predictions, variants=variants,
+                 paper_specs=args.paper_specs, paper_tables=[key for key in args.paper_tables if key])
 
 
 def cmd_figure_tables(args) -> None:
@@ -112,12 +110,15 @@ def cmd_figure_tables(args) -> None:
 
     from mmbalance import figures
 
+    from mmbalance.aggregate import with_labels
+
     figures.DPI = args.dpi
-    runs = pd.read_csv(args.runs)
+    # A variant other than the default is drawn as its own bar, labelled <method>/<variant>.
+    runs = with_labels(pd.read_csv(args.runs))
     figures.plot_accuracy_per_method(runs, args.out_dir / "accuracy_per_method.png", args.method_order)
     figures.plot_ece_per_method(runs, args.out_dir / "ece_per_method.png", args.method_order)
     figures.plot_accuracy_per_fusion(runs, args.out_dir / "accuracy_per_fusion.png", args.method_order)
-    figures.plot_agreement(pd.read_csv(args.agreement), args.out_dir / "agreement.png", args.method_order)
+    figures.plot_agreement(with_labels(pd.read_csv(args.agreement)), args.out_dir / "agreement.png", args.method_order)
 
 
 def cmd_figure_training(args) -> None:
@@ -131,6 +132,24 @@ def cmd_figure_training(args) -> None:
     figures.plot_unimodal_curves(histories, args.out_dir / "unimodal_curves.png")
     figures.plot_discrepancy_ratio(histories, args.out_dir / "discrepancy_ratio.png")
     figures.plot_logit_norms(histories, args.out_dir / "logit_norms.png")
+
+
+def cmd_settings(args) -> None:
+    """Resolve configs as the workflow does; print the grid's cells, or one cell's settings."""
+    from mmbalance.config import ConfigError, Experiment
+
+    try:
+        experiment = Experiment.from_files(*args.configfile)
+        if args.cell is None:
+            for cell in experiment.cells:
+                print(cell.path)
+            return
+        parts = args.cell.strip("/").split("/")
+        if len(parts) != 6 or not parts[5].startswith("fold"):
+            raise ConfigError(f"--cell {args.cell!r}: expected <dataset>/<backbone>/<fusion>/<method>/<variant>/fold<k>")
+        print(json.dumps(experiment.settings(experiment.cell(*parts[:5], parts[5].removeprefix("fold"))).as_dict(), indent=2, sort_keys=True))
+    except ConfigError as error:
+        raise SystemExit(f"mmbalance settings: {error}") from None
 
 
 def cmd_benchmark(args) -> None:
@@ -196,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("evaluate", help="test metrics of runs (one process for many: imports are slow)")
-    p.add_argument("--predictions", type=Path, nargs="+", required=True, help="predictions.npz of each run")
-    p.add_argument("--out", type=Path, nargs="+", required=True, help="metrics JSON of each run, same order")
+    p.add_argument("--predictions", type=Path, nargs="+", required=True, help="predictions.npz of each run (run.json beside it)")
+    p.add_argument("--out", type=Path, required=True, help="JSON list of the runs' metrics")
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("aggregate", help="tables: mean +- std over folds")
@@ -208,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", type=Path, required=True)
     p.add_argument("--predictions", type=Path, nargs="+", help="every run's predictions.npz: the agreement tables")
     p.add_argument("--published", type=Path, help="published numbers (config/published.csv): the comparison table")
+    p.add_argument("--paper-specs", type=Path, help="the papers' table layouts (config/paper_tables.yaml)")
+    p.add_argument("--paper-tables", nargs="*", default=[], help="keys of the paper tables to write under <out-dir>/papers/")
+    p.add_argument("--variants", nargs="*", default=[], help="name=description of each variant, listed under the summary")
     p.set_defaults(func=cmd_aggregate)
 
     p = commands.add_parser("figure-tables", help="accuracy, ECE, fusions and agreement figures (MLB Figs. 3-6)")
@@ -223,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=150)
     p.add_argument("--out-dir", type=Path, required=True)
     p.set_defaults(func=cmd_figure_training)
+
+    p = commands.add_parser("settings", help="print the grid's cells, or the resolved settings of one cell")
+    p.add_argument("--configfile", type=Path, nargs="+", default=[Path("config/config.yaml")],
+                   help="configs merged in order, as snakemake's (the default config first)")
+    p.add_argument("--cell", help="<dataset>/<backbone>/<fusion>/<method>/<variant>/fold<k>; omit to list the cells")
+    p.set_defaults(func=cmd_settings)
 
     p = commands.add_parser("benchmark", help="time one training step at the papers' input sizes")
     p.add_argument("--backbones", nargs="+", default=["resnet18", "conformer"], choices=["resnet18", "conformer"])

@@ -1,4 +1,4 @@
-"""Test-set metrics of one training run, from its saved predictions."""
+"""Test-set metrics of training runs, from their saved predictions."""
 
 import json
 from pathlib import Path
@@ -16,7 +16,7 @@ from torchmetrics.functional.classification import (
 from mmbalance.io import write_text_atomic
 
 PROBS_PREFIX = "probs_"
-CELL_KEYS = ("dataset", "backbone", "fusion", "method", "fold")
+CELL_KEYS = ("dataset", "backbone", "fusion", "method", "variant", "fold")
 
 
 def compute_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
@@ -57,10 +57,12 @@ def evaluate_run(predictions_path: str | Path, history_path: str | Path, cell: d
     return result
 
 
-def write_metrics(
-    predictions_path: str | Path, history_path: str | Path, cell: dict, out_path: str | Path
-) -> dict:
-    """Evaluate one run and write the result as JSON to ``out_path``; returns it too."""
-    result = evaluate_run(predictions_path, history_path, cell)
-    write_text_atomic(out_path, json.dumps(result, indent=2) + "\n")
-    return result
+def write_metrics(prediction_paths: list[str | Path], out_path: str | Path) -> list[dict]:
+    """Evaluate runs (each folder holds predictions.npz, history.csv and run.json, whose
+    ``cell`` names the run) and write the list of results as JSON to ``out_path``; returns it too."""
+    results = []
+    for predictions in map(Path, prediction_paths):
+        run = json.loads((predictions.parent / "run.json").read_text())
+        results.append(evaluate_run(predictions, predictions.parent / "history.csv", run["cell"]))
+    write_text_atomic(out_path, json.dumps(results, indent=2) + "\n")
+    return results

@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mmbalance.aggregate import PANEL_KEYS, ordered_methods
+from mmbalance.aggregate import PANEL_KEYS, ordered_methods, run_label
 from mmbalance.agreement import GROUPS
 
 DPI = 150
@@ -268,18 +268,18 @@ def plot_discrepancy_ratio(
 ) -> Figure:
     """OGM-GE Fig. 3: the discrepancy ratio of ``modality`` (its heads' mean true-class confidence
     over the other modalities', history column ``balance/ratio_<modality>``) per epoch, for
-    training without modulation (``without``, dashed) and with it (``modulated``). Above 1 the
-    modality dominates; modulation should pull the ratio towards 1."""
+    training without modulation (``without``, dashed) and with it (``modulated``), each variant of
+    them as its own line. Above 1 the modality dominates; modulation should pull the ratio towards 1."""
     column = f"balance/ratio_{modality}"
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
     plotted = False
-    for index, method in enumerate([without, *modulated]):
-        if method not in histories:
-            continue
-        label = f"{method} (no modulation)" if method == without else method
-        plotted |= _plot_fold_curve(ax, _folds(histories[method]), column, label=label, color=METHOD_COLOURS(index % 20),
-                                    linestyle="--" if method == without else "-")
+    # Every variant of the methods drawn (labels `<method>` or `<method>/<variant>`).
+    labels = [label for method in [without, *modulated] for label in histories if label.split("/")[0] == method]
+    for index, label in enumerate(labels):
+        unmodulated = label.split("/")[0] == without
+        plotted |= _plot_fold_curve(ax, _folds(histories[label]), column, label=f"{label} (no modulation)" if unmodulated else label,
+                                    color=METHOD_COLOURS(index % 20), linestyle="--" if unmodulated else "-")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"discrepancy ratio {modality} / others")
@@ -317,7 +317,7 @@ def plot_logit_norms(histories: Histories, out_path: str | Path, methods: Sequen
     ``methods`` that the panel has, a column per modality, a line per class: under Joint the
     dominant modality's logits grow larger for every class; OLM should bring them together."""
     prefix = "logit_norm/"
-    rows = [m for m in methods if m in histories]
+    rows = [label for method in methods for label in histories if label.split("/")[0] == method]
     columns = sorted({c for m in rows for h in _folds(histories[m]) for c in h.columns if c.startswith(prefix)})
     modalities = sorted({c.split("/")[1] for c in columns})
     fig = Figure(figsize=(5 * max(1, len(modalities)), 3.8 * max(1, len(rows))), layout="constrained")
@@ -344,8 +344,10 @@ def plot_logit_norms(histories: Histories, out_path: str | Path, methods: Sequen
 
 
 def read_histories(paths: Sequence[str | Path]) -> dict[str, list[pd.DataFrame]]:
-    """history.csv files at .../{method}/fold{k}/history.csv -> method -> one frame per fold."""
+    """history.csv files at .../{method}/{variant}/fold{k}/history.csv -> label -> one frame per
+    fold; the label is the method, with ``/<variant>`` unless the variant is the default."""
     histories: dict[str, list[pd.DataFrame]] = {}
     for path in sorted(map(Path, paths)):
-        histories.setdefault(path.parent.parent.name, []).append(pd.read_csv(path))
+        label = run_label(path.parent.parent.parent.name, path.parent.parent.name)
+        histories.setdefault(label, []).append(pd.read_csv(path))
     return histories

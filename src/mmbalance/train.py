@@ -202,7 +202,7 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
     tags = cell | {"seed": seed, "mlflow.source.git.commit": git_commit(), "data_hash": store.meta["data_hash"], "device": lease.describe()}
     tags |= {f"recipe.{k}": v for k, v in store.meta["recipe"].items()} | {"protocol": store.meta.get("protocol", "")}
     tracking = settings["tracking"]
-    run_name = "/".join(str(cell[k]) for k in ("dataset", "backbone", "fusion", "method")) + f"/fold{cell['fold']}"
+    run_name = "/".join(str(cell[k]) for k in ("dataset", "backbone", "fusion", "method", "variant")) + f"/fold{cell['fold']}"
     tracker = Tracker(tracking["uri"], tracking["experiment"], run_id, run_name, tags, settings)
 
     try:

@@ -1,58 +1,33 @@
-# Helpers shared by every rule: config validation, the grid, paths and per-cell
-# settings. Rules hold no logic of their own; they call `python -m mmbalance`.
+# Helpers shared by every rule: paths, inputs and per-cell settings. The config
+# is validated and resolved in Python (mmbalance.config, the settings resolver);
+# this file only turns what it resolved into rule inputs and params.
 
 import json
 from pathlib import Path
 
-from snakemake.utils import validate
+from mmbalance.config import Experiment, validate
+from mmbalance.data import registry
 
+# Fills every default into `config` in place and stops on a wrong key or value, naming it.
+validate(config)
+EXPERIMENT = Experiment(config, validated=True)
+# This config's runs, metrics, tables and figures (`results`; each paper config has its own
+# folder, so each DVC stage owns its outputs). Catalogs, feature stores and the MLflow store
+# are shared under results/ by every config.
+OUT = config["results"]
+LOGS = "logs" if OUT == "results" else f"logs/{OUT.removeprefix('results/')}"
+BENCHMARKS = "benchmarks" if OUT == "results" else f"benchmarks/{OUT.removeprefix('results/')}"
 
-validate(config, schema="../schemas/config.schema.yaml")
-
-import jsonschema
-import yaml
-
-
-SCHEMA = yaml.safe_load(open(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"))
-
-
-def _method_settings(dataset, method):
-    """methods.<method>, with the dataset's overrides merged over it and checked
-    against the method's schema (the overrides are free-form in the schema,
-    since schema defaults would otherwise overwrite the global settings)."""
-    merged = config["methods"][method] | config["datasets"][dataset].get("methods", {}).get(method, {})
-    schema = SCHEMA
-    subschema = schema["properties"]["methods"]["properties"][method] | {"$defs": schema["$defs"]}
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(subschema).iter_errors(merged))
-    if error is not None:
-        raise ValueError(f"config datasets.{dataset}.methods.{method}: {error.message}")
-    return merged
-
-
-METHOD_SETTINGS = {(d, m): _method_settings(d, m) for d in config["grid"]["datasets"] for m in config["grid"]["methods"]}
-
-from mmbalance.compatibility import incompatibility
-from mmbalance.data import recipes, registry
-
-# A method that cannot run on a fusion stops the run here, naming both.
-for (_dataset, _method), _settings in METHOD_SETTINGS.items():
-    for _fusion in config["grid"]["fusions"]:
-        _reason = incompatibility(_method, _settings, _fusion)
-        if _reason:
-            raise ValueError(f"config grid: {_reason}")
-
-GRID = config["grid"]
-# Every dataset's recipe is resolved (preset + overrides) once, here, so a bad
-# preset or a missing key stops the run before any job starts.
-RECIPES = {d: recipes.resolve(config["datasets"][d]["preprocessing"], f"datasets.{d}.preprocessing") for d in GRID["datasets"]}
 # Raw folders that are downloaded (the generated default is written instead).
 DOWNLOADABLE = sorted({registry.entry(d).raw for d in registry.DATASETS if not registry.is_generated(d)})
 CATALOG_FILES = ["catalog.csv", "data_splits.json", "catalog.json"]
-CELL = "{dataset}/{backbone}/{fusion}/{method}/fold{fold}"
+# One path grammar for a cell, written once (mmbalance.config.Cell.path has the same shape).
+CELL = "{dataset}/{backbone}/{fusion}/{method}/{variant}/fold{fold}"
+PANEL = "{dataset}/{backbone}/{fusion}"
 FEATURE_FILES = ["frames.npy", "spectrograms.npy", "index.csv", "kept_skipped.csv", "meta.json"]
 # The Conformer backbone trains on frozen embeddings, extracted once per dataset.
 EMBEDDING_FILES = ["audio.npy", "video.npy", "index.csv", "meta.json"]
-# Every training job reads the tracking store, which must exist first (ECOSYSTEM 0.4).
+# Every training job reads the tracking store, which must exist first (concurrent first writes fail).
 TRACKING_SENTINEL = "results/mlflow/initialized.json"
 
 wildcard_constraints:
@@ -60,24 +35,8 @@ wildcard_constraints:
     backbone="[a-z0-9_]+",
     fusion="[a-z0-9_]+",
     method="[a-z0-9_]+",
+    variant="[a-z0-9][a-z0-9_-]*",
     fold=r"\d+",
-
-
-def grid_cells():
-    """Every (dataset, backbone, fusion, method, fold) of the grid, as dicts."""
-    return [
-        dict(dataset=d, backbone=b, fusion=f, method=m, fold=k)
-        for d in GRID["datasets"]
-        for b in GRID["backbones"]
-        for f in GRID["fusions"]
-        for m in GRID["methods"]
-        for k in GRID["folds"]
-    ]
-
-
-def panels():
-    """(dataset, backbone, fusion) triples: one figure panel each."""
-    return [dict(dataset=d, backbone=b, fusion=f) for d in GRID["datasets"] for b in GRID["backbones"] for f in GRID["fusions"]]
 
 
 # Tables written by the aggregate rule, and figures by the figure rules.
@@ -85,30 +44,51 @@ TABLES = ["runs.csv", "summary.csv", "summary.md", "paired_vs_joint.csv", "publi
           "published_comparison.md", "agreement.csv", "agreement_summary.csv"]
 TABLE_FIGURES = ["accuracy_per_method", "ece_per_method", "accuracy_per_fusion", "agreement"]
 TRAINING_FIGURES = ["balance_over_training", "unimodal_curves", "discrepancy_ratio", "logit_norms"]
+PAPER_TABLES = config["analysis"]["paper_tables"]
 # The analysis code is an input of the rules that run it, so editing a plot
 # re-draws it (Snakemake does not see code otherwise); training never depends on it.
 PACKAGE = Path(workflow.basedir) / "src" / "mmbalance"
 
 
+def panels():
+    """(dataset, backbone, fusion) of the grid, as dicts: one evaluation job and one figure panel each."""
+    return [dict(dataset=d, backbone=b, fusion=f) for d, b, f in EXPERIMENT.panels()]
+
+
 def final_outputs():
     return (
-        [f"results/tables/{name}" for name in TABLES]
-        + ["results/summary.json"]
-        + [f"results/figures/{name}.png" for name in TABLE_FIGURES]
-        + [f"results/figures/{p['dataset']}/{p['backbone']}/{p['fusion']}/{name}.png" for p in panels() for name in TRAINING_FIGURES]
+        [f"{OUT}/tables/{name}" for name in TABLES]
+        + [f"{OUT}/tables/papers/{key}.{ext}" for key in PAPER_TABLES for ext in ("md", "csv")]
+        + [f"{OUT}/summary.json"]
+        + [f"{OUT}/figures/{name}.png" for name in TABLE_FIGURES]
+        + [f"{OUT}/figures/{PANEL.format(**p)}/{name}.png" for p in panels() for name in TRAINING_FIGURES]
     )
 
 
-def published_numbers():
-    return config["analysis"]["published"] or str(Path(workflow.basedir) / "config" / "published.csv")
+def shipped_or(key, name):
+    """analysis.<key>, or the file shipped in config/."""
+    return config["analysis"][key] or str(Path(workflow.basedir) / "config" / name)
+
+
+def run_files(cells, name):
+    return [f"{OUT}/runs/{cell.path}/{name}" for cell in cells]
+
+
+def panel_run_files(name):
+    """Input function: `name` in the run folder of every cell of a panel."""
+
+    def files(wildcards):
+        return run_files(EXPERIMENT.panel_cells(wildcards.dataset, wildcards.backbone, wildcards.fusion), name)
+
+    return files
 
 
 def all_predictions(wildcards):
-    return expand(f"results/runs/{CELL}/predictions.npz", zip, **_columns(grid_cells()))
+    return run_files(EXPERIMENT.cells, "predictions.npz")
 
 
-def _columns(rows):
-    return {key: [row[key] for row in rows] for key in rows[0]}
+def all_metrics(wildcards):
+    return [f"{OUT}/metrics/{PANEL.format(**p)}.json" for p in panels()]
 
 
 def feature_files(wildcards):
@@ -117,34 +97,23 @@ def feature_files(wildcards):
 
 
 def tracking_uri():
-    """The configured URI, or a SQLite store inside results/. The path is
-    relative to the working directory every job runs in, so moving the project
-    does not change any job's settings (and retrain it)."""
-    return config["tracking"]["uri"] or "sqlite:///results/mlflow/mlflow.db"
+    return EXPERIMENT.tracking["uri"]
+
+
+def cell_of(wildcards):
+    return EXPERIMENT.cell(wildcards.dataset, wildcards.backbone, wildcards.fusion, wildcards.method, wildcards.variant, wildcards.fold)
 
 
 def cell_settings(wildcards):
-    """Everything one training job needs, resolved from the config. Passed as a
-    param, so editing one method's settings re-runs only that method's cells."""
-    return json.dumps(
-        {
-            "cell": dict(dataset=wildcards.dataset, backbone=wildcards.backbone, fusion=wildcards.fusion, method=wildcards.method, fold=int(wildcards.fold)),
-            "seed": config["train"]["seed"] + int(wildcards.fold),
-            "backbone": {"name": wildcards.backbone} | config["backbones"][wildcards.backbone],
-            "fusion": wildcards.fusion,
-            "method": wildcards.method,
-            "method_settings": METHOD_SETTINGS[(wildcards.dataset, wildcards.method)],
-            "train": {k: v for k, v in config["train"].items() if k not in ("threads", "mem_mb", "runtime")},
-            "tracking": {"uri": tracking_uri(), "experiment": config["tracking"]["experiment"]},
-        },
-        sort_keys=True,
-    )
+    """Everything one training job needs, resolved by mmbalance.config. Passed as a
+    param, so editing one method's (or variant's) settings re-runs only its cells."""
+    return EXPERIMENT.settings(cell_of(wildcards)).to_json()
 
 
 def checkpoint_path(wildcards):
     """Resume state lives outside the declared outputs: Snakemake deletes the
     outputs of a failed job, and the checkpoint must survive that."""
-    return f"results/checkpoints/{CELL.format(**wildcards)}/last.pt"
+    return f"{OUT}/checkpoints/{CELL.format(**wildcards)}/last.pt"
 
 
 def job_gpus(wildcards):
@@ -157,7 +126,7 @@ def generator_settings(wildcards):
 
 
 def preprocessing_recipe(wildcards):
-    return json.dumps(RECIPES[wildcards.dataset], sort_keys=True)
+    return json.dumps(EXPERIMENT.recipes[wildcards.dataset], sort_keys=True)
 
 
 def raw_dir(wildcards):
@@ -177,7 +146,7 @@ def download_source(wildcards):
 
 def catalog_options(wildcards):
     settings = config["datasets"][wildcards.dataset]
-    return json.dumps({"folds": max(GRID["folds"])} | settings.get("catalog", {}), sort_keys=True)
+    return json.dumps({"folds": EXPERIMENT.max_fold} | settings.get("catalog", {}), sort_keys=True)
 
 
 def features_dir(wildcards):
@@ -195,30 +164,12 @@ def extraction_settings(wildcards):
 
 
 def run_dir(wildcards):
-    return f"results/runs/{CELL.format(**wildcards)}"
+    return f"{OUT}/runs/{CELL.format(**wildcards)}"
 
 
-def panel_run_files(name):
-    """Input function: `name` in the run folder of every method x fold of a panel."""
-
-    def files(wildcards):
-        return expand(f"results/runs/{CELL}/{name}", method=GRID["methods"], fold=GRID["folds"], allow_missing=True)
-
-    return files
-
-
-def panel_metric_files():
-    """Metrics of every method x fold of a panel, in the order of panel_run_files."""
-    return expand(f"results/metrics/{CELL}.json", method=GRID["methods"], fold=GRID["folds"], allow_missing=True)
-
-
-def all_metrics(wildcards):
-    return expand(f"results/metrics/{CELL}.json", zip, **_columns(grid_cells()))
-
-
-def panel_histories(wildcards):
-    """Every method's and fold's history in one panel."""
-    return expand(f"results/runs/{CELL}/history.csv", method=GRID["methods"], fold=GRID["folds"], **wildcards)
+def variant_descriptions():
+    """`name=description` of every variant of the grid, for the tables."""
+    return [f"{v}={EXPERIMENT.variant_description(v)}" for v in EXPERIMENT.variants]
 
 
 AUDIO_FEATURES = {"stft": "log|STFT|", "psd": "log scipy spectrogram", "fbank": "kaldi log-mel fbank"}
@@ -227,16 +178,17 @@ AUDIO_FEATURES = {"stft": "log|STFT|", "psd": "log scipy spectrogram", "fbank": 
 def protocol():
     """Named in every table: split, selection rule, frames, audio front-end."""
     parts = []
-    for dataset in GRID["datasets"]:
-        r = RECIPES[dataset]
+    folds = sorted({c.fold for c in EXPERIMENT.cells})
+    for dataset in EXPERIMENT.datasets:
+        r = EXPERIMENT.recipes[dataset]
         window = f"{r['mel_bins']} mel bins" if r["audio_features"] == "fbank" else f"n_fft {r['n_fft']}, hop {r['hop_length']}"
         parts.append(
-            f"{dataset}: {registry.entry(dataset).description}, folds {','.join(map(str, GRID['folds']))}; "
+            f"{dataset}: {registry.entry(dataset).description}, folds {','.join(map(str, folds))}; "
             f"model selected on validation accuracy, test reported at that epoch; recipe {r['preset']}: "
             f"{r['frames']} frame(s) at {r['fps']:g} fps{' from the event start' if r['segment'] else ''}, {r['frame_size']} px; "
             f"audio {AUDIO_FEATURES[r['audio_features']]} {window} at {r['sample_rate']} Hz over {r['seconds']:g} s"
         )
-        if "conformer" in GRID["backbones"]:
+        if "conformer" in EXPERIMENT.backbones:
             c = config["backbones"]["conformer"]
             parts[-1] += (
                 f"; conformer: frozen wav2vec2 CNN ({c['audio']['bundle']}, {c['audio']['weights']} weights) on 16 kHz audio, "

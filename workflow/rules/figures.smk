@@ -5,22 +5,22 @@
 
 rule figure_tables:
     input:
-        runs="results/tables/runs.csv",
-        agreement="results/tables/agreement.csv",
+        runs=f"{OUT}/tables/runs.csv",
+        agreement=f"{OUT}/tables/agreement.csv",
         code=PACKAGE / "figures.py",
     output:
-        report("results/figures/accuracy_per_method.png", caption="../report/accuracy_per_method.rst", category="Figures"),
-        report("results/figures/ece_per_method.png", caption="../report/ece_per_method.rst", category="Figures"),
-        report("results/figures/accuracy_per_fusion.png", caption="../report/accuracy_per_fusion.rst", category="Figures"),
-        report("results/figures/agreement.png", caption="../report/agreement.rst", category="Figures"),
+        report(f"{OUT}/figures/accuracy_per_method.png", caption="../report/accuracy_per_method.rst", category="Figures"),
+        report(f"{OUT}/figures/ece_per_method.png", caption="../report/ece_per_method.rst", category="Figures"),
+        report(f"{OUT}/figures/accuracy_per_fusion.png", caption="../report/accuracy_per_fusion.rst", category="Figures"),
+        report(f"{OUT}/figures/agreement.png", caption="../report/agreement.rst", category="Figures"),
     params:
-        methods=GRID["methods"],
+        methods=EXPERIMENT.methods,
         dpi=config["analysis"]["dpi"],
         out_dir=lambda wildcards, output: Path(output[0]).parent,
     log:
-        "logs/figures/tables.log",
+        f"{LOGS}/figures/tables.log",
     benchmark:
-        "benchmarks/figures/tables.tsv"
+        f"{BENCHMARKS}/figures/tables.tsv"
     conda:
         "../envs/mmbalance.yaml"
     shell:
@@ -30,29 +30,29 @@ rule figure_tables:
 
 rule figure_training:
     input:
-        histories=panel_histories,
+        histories=panel_run_files("history.csv"),
         code=PACKAGE / "figures.py",
     output:
         report(
-            "results/figures/{dataset}/{backbone}/{fusion}/balance_over_training.png",
+            f"{OUT}/figures/{{dataset}}/{{backbone}}/{{fusion}}/balance_over_training.png",
             caption="../report/balance_over_training.rst",
             category="Figures",
             subcategory="{dataset}/{backbone}/{fusion}",
         ),
         report(
-            "results/figures/{dataset}/{backbone}/{fusion}/unimodal_curves.png",
+            f"{OUT}/figures/{{dataset}}/{{backbone}}/{{fusion}}/unimodal_curves.png",
             caption="../report/unimodal_curves.rst",
             category="Figures",
             subcategory="{dataset}/{backbone}/{fusion}",
         ),
         report(
-            "results/figures/{dataset}/{backbone}/{fusion}/discrepancy_ratio.png",
+            f"{OUT}/figures/{{dataset}}/{{backbone}}/{{fusion}}/discrepancy_ratio.png",
             caption="../report/discrepancy_ratio.rst",
             category="Figures",
             subcategory="{dataset}/{backbone}/{fusion}",
         ),
         report(
-            "results/figures/{dataset}/{backbone}/{fusion}/logit_norms.png",
+            f"{OUT}/figures/{{dataset}}/{{backbone}}/{{fusion}}/logit_norms.png",
             caption="../report/logit_norms.rst",
             category="Figures",
             subcategory="{dataset}/{backbone}/{fusion}",
@@ -61,9 +61,9 @@ rule figure_training:
         dpi=config["analysis"]["dpi"],
         out_dir=lambda wildcards, output: Path(output[0]).parent,
     log:
-        "logs/figures/{dataset}/{backbone}/{fusion}/training.log",
+        f"{LOGS}/figures/{{dataset}}/{{backbone}}/{{fusion}}/training.log",
     benchmark:
-        "benchmarks/figures/{dataset}/{backbone}/{fusion}/training.tsv"
+        f"{BENCHMARKS}/figures/{{dataset}}/{{backbone}}/{{fusion}}/training.tsv"
     conda:
         "../envs/mmbalance.yaml"
     shell:

@@ -7,19 +7,19 @@ rule train:
         features=feature_files,
         tracking=TRACKING_SENTINEL,
     output:
-        history="results/runs/{dataset}/{backbone}/{fusion}/{method}/fold{fold}/history.csv",
-        predictions="results/runs/{dataset}/{backbone}/{fusion}/{method}/fold{fold}/predictions.npz",
-        model="results/runs/{dataset}/{backbone}/{fusion}/{method}/fold{fold}/model.pt",
-        run="results/runs/{dataset}/{backbone}/{fusion}/{method}/fold{fold}/run.json",
+        history=f"{OUT}/runs/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}/history.csv",
+        predictions=f"{OUT}/runs/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}/predictions.npz",
+        model=f"{OUT}/runs/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}/model.pt",
+        run=f"{OUT}/runs/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}/run.json",
     params:
         settings=cell_settings,
         features=features_dir,
         out=run_dir,
         checkpoint=checkpoint_path,
     log:
-        "logs/train/{dataset}/{backbone}/{fusion}/{method}/fold{fold}.log",
+        f"{LOGS}/train/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}.log",
     benchmark:
-        "benchmarks/train/{dataset}/{backbone}/{fusion}/{method}/fold{fold}.tsv"
+        f"{BENCHMARKS}/train/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}.tsv"
     threads: config["train"]["threads"]
     resources:
         gpu=job_gpus,

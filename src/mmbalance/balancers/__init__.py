@@ -1,37 +1,40 @@
-"""The registry: method name (as used in configs and result paths) -> balancer.
+"""The method registry: name (as used in configs and result paths) -> balancer class.
 
-A new method is one module in this package plus one line here.
+A new method is one module in this package (a `Balancer` subclass with its
+`DESCRIPTION`, `SETTINGS` schema and, if it has any, its `needs` of a fusion)
+plus one line here. The config schema, the compatibility check and the CLI all
+read this table; nothing else names a method.
 """
 
-from mmbalance.balancers.agm import AGM
-from mmbalance.balancers.base import Balancer
-from mmbalance.balancers.joint import Joint
-from mmbalance.balancers.mlb import MLB
-from mmbalance.balancers.mmcosine import MMCosine
-from mmbalance.balancers.mslr import MSLR
-from mmbalance.balancers.multi_loss import MultiLoss
-from mmbalance.balancers.ogm import OGM, OGMGE
-from mmbalance.balancers.olm import OLM
-from mmbalance.balancers.pmr import PMR
-from mmbalance.balancers.unimodal import AudioOnly, VideoOnly
+from __future__ import annotations
 
-BALANCERS: dict[str, type[Balancer]] = {
-    "audio_only": AudioOnly,
-    "video_only": VideoOnly,
-    "joint": Joint,
-    "multi_loss": MultiLoss,
-    "mlb": MLB,
-    "ogm": OGM,
-    "ogm_ge": OGMGE,
-    "mslr": MSLR,
-    "mmcosine": MMCosine,
-    "pmr": PMR,
-    "olm": OLM,
-    "agm": AGM,
+import importlib
+
+from mmbalance.balancers.base import Balancer
+
+# name -> "module:Class" inside mmbalance.balancers; imported on first use.
+METHODS: dict[str, str] = {
+    "audio_only": "unimodal:AudioOnly",
+    "video_only": "unimodal:VideoOnly",
+    "joint": "joint:Joint",
+    "multi_loss": "multi_loss:MultiLoss",
+    "mlb": "mlb:MLB",
+    "ogm": "ogm:OGM",
+    "ogm_ge": "ogm:OGMGE",
+    "mslr": "mslr:MSLR",
+    "mmcosine": "mmcosine:MMCosine",
+    "pmr": "pmr:PMR",
+    "olm": "olm:OLM",
+    "agm": "agm:AGM",
 }
 
 
+def method_class(name: str) -> type[Balancer]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}")
+    module, _, cls = METHODS[name].partition(":")
+    return getattr(importlib.import_module(f"mmbalance.balancers.{module}"), cls)
+
+
 def build_balancer(name: str, settings: dict) -> Balancer:
-    if name not in BALANCERS:
-        raise ValueError(f"unknown method {name!r}; known: {sorted(BALANCERS)}")
-    return BALANCERS[name](settings)
+    return method_class(name)(settings)

@@ -53,8 +53,8 @@ from itertools import combinations
 
 import torch
 
-from mmbalance.balancers.base import Balancer
-from mmbalance.models.multimodal import ModelOutput
+from mmbalance.balancers.base import Balancer, epoch_window
+from mmbalance.models.output import ModelOutput
 
 
 def shapley_logits(outputs_by_subset: dict[frozenset, torch.Tensor], modalities) -> dict[str, torch.Tensor]:
@@ -109,6 +109,18 @@ def clip_if_large(watched: list[torch.Tensor], params: list[torch.Tensor], thres
 
 
 class AGM(Balancer):
+    DESCRIPTION = "Adaptive Gradient Modulation (official code; the BalanceBenchmark sign flip is not copied)."
+    SETTINGS = {
+        "alpha": {"description": "k = exp(alpha min(r_bar - r, cap)); CREMA-D 1.5 (authors, lihongcs/AGM issues 3, 5, 10).",
+                  "type": "number", "minimum": 0, "default": 1.5},
+        **epoch_window(0, 1500, "modulation", "the authors modulate the whole run"),
+        "exponent_cap": {"description": "Cap on alpha's argument r_bar - r (official: 10; BalanceBenchmark 7); null for none.",
+                         "type": ["number", "null"], "default": 10},
+        "clip_threshold": {"description": "Clip the global gradient norm when a fusion weight gradient leaves [-t, t] (official: 1.0); "
+                           "null turns clipping off.", "type": ["number", "null"], "default": 1.0},
+        "clip_max_norm": {"description": "Global norm the clipping scales to (official: 1.0).", "type": "number", "exclusiveMinimum": 0, "default": 1.0},
+    }
+
     def setup(self, model):
         if len(model.modalities) < 2:
             raise ValueError("AGM needs at least two modalities")

@@ -13,6 +13,11 @@ The loop in `mmbalance.train` runs, for every epoch,
     balancer.on_epoch_end(context)
 
 A method overrides only the points it needs; this class is Joint training.
+It also declares, as class attributes, what the configuration and the grid
+need to know: `DESCRIPTION`, `SETTINGS` (the JSON-schema properties of its
+settings, each with a default and a description naming the default's source)
+and `needs(settings)` (what it requires of a fusion). The config schema's
+`methods.<name>` block is built from them (mmbalance.config).
 Anything a method remembers between steps goes in `state_dict()`, which the
 checkpoint saves, so a resumed run continues exactly. Hooks return the values
 to log (floats by name): they land in the history and MLflow as `balance/<name>`.
@@ -22,11 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from mmbalance.models.multimodal import ModelOutput, MultimodalModel
+from mmbalance.models.output import ModelOutput
+
+if TYPE_CHECKING:  # the model's encoders import torchvision: not needed to read a method's settings
+    from mmbalance.models.multimodal import MultimodalModel
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 
@@ -45,6 +54,12 @@ class EpochContext:
 
 
 class Balancer:
+    #: One line for the schema and the docs.
+    DESCRIPTION: ClassVar[str] = "Cross-entropy on the fused logits; unimodal accuracy from probes."
+    #: JSON-schema `properties` of the method's settings (see the helpers below).
+    SETTINGS: ClassVar[dict] = {}
+    #: Printed with an incompatibility, to say how to make the cell possible.
+    NEEDS_HINT: ClassVar[str] = ""
     #: Restrict the model to these modalities (unimodal baselines); None = all.
     modalities: tuple[str, ...] | None = None
     #: True when the method's loss trains the unimodal heads into the encoders;
@@ -53,6 +68,16 @@ class Balancer:
 
     def __init__(self, settings: dict):
         self.settings = settings
+
+    @classmethod
+    def needs(cls, settings: dict) -> set[str]:
+        """What the method needs from a fusion, with these settings (e.g. {"decomposition"})."""
+        return set()
+
+    @classmethod
+    def settings_schema(cls) -> dict:
+        """The JSON schema of `methods.<name>`: every key typed and defaulted, no other key."""
+        return {"description": cls.DESCRIPTION, "type": "object", "additionalProperties": False, "default": {}, "properties": cls.SETTINGS}
 
     def setup(self, model: MultimodalModel) -> None:
         """Called once with the built model, before any step."""
@@ -98,3 +123,35 @@ def scale_gradients(params: list[torch.nn.Parameter], coefficient: float) -> Non
     for param in params:
         if param.grad is not None:
             param.grad.mul_(coefficient)
+
+
+# Schema fragments shared by several methods' SETTINGS.
+PARAMETER_POLICIES = ["encoder_conv_weights", "encoder", "encoder_fusion_block", "encoder_head_fusion_block"]
+
+
+def parameter_policy(default: str) -> dict:
+    return {
+        "description": "Which parameters are modality m's: encoder_conv_weights (official OGM), encoder (whole encoder incl. "
+        "BatchNorm), encoder_fusion_block (the encoder and its block of the fusion layer: MSLR in the AGM repository), "
+        "encoder_head_fusion_block (official MLB).",
+        "type": "string",
+        "enum": PARAMETER_POLICIES,
+        "default": default,
+    }
+
+
+UNIMODAL_WEIGHTS = {
+    "description": "Weight w_m of each unimodal cross-entropy (MLB uses 1 for all).",
+    "type": "object",
+    "additionalProperties": False,
+    "default": {},
+    "properties": {m: {"type": "number", "minimum": 0, "default": 1.0} for m in ("audio", "video")},
+}
+
+
+def epoch_window(start: int, end: int, what: str, source: str) -> dict:
+    """`start_epoch` and `end_epoch` (both inclusive) of a method's modulation window."""
+    return {
+        "start_epoch": {"description": f"First epoch of {what} (inclusive).", "type": "integer", "minimum": 0, "default": start},
+        "end_epoch": {"description": f"Last epoch of {what} (inclusive; {source}).", "type": "integer", "minimum": 0, "default": end},
+    }

@@ -8,4 +8,4 @@ from mmbalance.balancers.base import Balancer
 
 
 class Joint(Balancer):
-    pass
+    DESCRIPTION = "Cross-entropy on the fused logits; unimodal accuracy from probes."

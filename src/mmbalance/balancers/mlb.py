@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from mmbalance.balancers.base import Balancer, scale_gradients, true_class_confidence
+from mmbalance.balancers.base import UNIMODAL_WEIGHTS, Balancer, epoch_window, parameter_policy, scale_gradients, true_class_confidence
 from mmbalance.balancers.multi_loss import multi_loss
 
 
@@ -29,6 +29,16 @@ def mlb_coefficients(scores: torch.Tensor, alpha: float, beta_max: float) -> tup
 
 
 class MLB(Balancer):
+    DESCRIPTION = "Multi-Loss Balanced (official kkontras/MLB)."
+    SETTINGS = {
+        "alpha": {"description": "Steepness of k = 1 + (beta-1) tanh(alpha (r-1)); 0.5 for CREMA-D ResNet (MLB run.sh).",
+                  "type": "number", "exclusiveMinimum": 0, "default": 0.5},
+        "beta_max": {"description": "Ceiling of k for a modality behind (r > 1); 10 for CREMA-D ResNet Late-Linear (run.sh, tanh_mode 2).",
+                     "type": "number", "minimum": 1, "default": 10},
+        **epoch_window(0, 1500, "modulation", "MLB: 1500, i.e. always"),
+        "parameter_policy": parameter_policy("encoder_head_fusion_block"),
+        "weights": UNIMODAL_WEIGHTS,
+    }
     trains_unimodal_heads = True
 
     def setup(self, model):

@@ -45,6 +45,15 @@ class CosineFusion(nn.Module):
 
 
 class MMCosine(Balancer):
+    DESCRIPTION = "Cosine logits with scaling s replace the linear fusion (official GeWu-Lab/MMCosine_ICASSP23)."
+    SETTINGS = {"scale": {"description": "Scaling s of the cosine logits (official README: 10; BalanceBenchmark 15).",
+                          "type": "number", "exclusiveMinimum": 0, "default": 10}}
+    NEEDS_HINT = "it replaces one linear classifier block per modality, which only a linear fusion has"
+
+    @classmethod
+    def needs(cls, settings):
+        return {"decomposition"}
+
     def setup(self, model):
         if not model.fusion.decomposable:
             raise ValueError(f"MMCosine needs one linear classifier block per modality, and fusion {type(model.fusion).__name__} has none")

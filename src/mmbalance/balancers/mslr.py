@@ -21,7 +21,7 @@ from fine-tuned unimodal models, as both re-implementations also do not).
 
 from __future__ import annotations
 
-from mmbalance.balancers.base import Balancer, scale_gradients
+from mmbalance.balancers.base import Balancer, parameter_policy, scale_gradients
 
 
 def mslr_ratio(memory: list[float], accuracy: float, size: int) -> float:
@@ -32,6 +32,19 @@ def mslr_ratio(memory: list[float], accuracy: float, size: int) -> float:
 
 
 class MSLR(Balancer):
+    DESCRIPTION = "Modality-specific learning rates, dynamic strategy (the AGM and MLB repositories' re-implementations)."
+    SETTINGS = {
+        "initial_rates": {
+            "description": "Relative rate c_m^0 per modality (AGM repository, CREMA-D 0.9 / 1.1; MLB run.sh 0.7 / 1.3).",
+            "type": "object", "additionalProperties": False, "default": {},
+            "properties": {"audio": {"type": "number", "exclusiveMinimum": 0, "default": 0.9},
+                           "video": {"type": "number", "exclusiveMinimum": 0, "default": 1.1}},
+        },
+        "memory": {"description": "Number K of past validation accuracies the ratio compares with (AGM repository: 5; MLB run.sh: 20).",
+                   "type": "integer", "minimum": 1, "default": 5},
+        "parameter_policy": parameter_policy("encoder_fusion_block"),
+    }
+
     def setup(self, model):
         self.groups = model.parameter_groups(self.settings["parameter_policy"])
         self.memory = {m: [] for m in model.modalities}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmbalance.balancers.base import Balancer
-from mmbalance.models.multimodal import ModelOutput
+from mmbalance.balancers.base import UNIMODAL_WEIGHTS, Balancer
+from mmbalance.models.output import ModelOutput
 
 
 def multi_loss(out: ModelOutput, labels: torch.Tensor, weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -19,6 +19,8 @@ def multi_loss(out: ModelOutput, labels: torch.Tensor, weights: dict[str, float]
 
 
 class MultiLoss(Balancer):
+    DESCRIPTION = "CE(fused) + sum_m w_m CE(head_m)."
+    SETTINGS = {"weights": UNIMODAL_WEIGHTS}
     trains_unimodal_heads = True
 
     def loss(self, out, labels, epoch):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from mmbalance.balancers.base import Balancer, true_class_confidence
+from mmbalance.balancers.base import Balancer, epoch_window, parameter_policy, true_class_confidence
 
 
 def ogm_coefficients(scores: torch.Tensor, alpha: float, continuous: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +45,25 @@ def generalization_enhancement(grad: torch.Tensor, coefficient: float) -> torch.
 
 
 class OGM(Balancer):
+    DESCRIPTION = "OGM without noise (official GeWu-Lab/OGM-GE_CVPR2022)."
+    SETTINGS = {
+        "alpha": {"description": "k = 1 - tanh(alpha * rho) for the dominant modality; 0.8 for CREMA-D (OGM-GE README), 0.1 VGGSound. "
+                  "0 turns the modulation off (k = 1): with OGM-GE that is the paper's GE-only row (OGM-GE Table 7).",
+                  "type": "number", "minimum": 0, "default": 0.8},
+        **epoch_window(0, 50, "modulation", "README: 50"),
+        "parameter_policy": parameter_policy("encoder_conv_weights"),
+        "coefficient": {"description": "official: k = 1 - tanh(alpha rho), jumps at balance (OGM-GE code); continuous: 1 - tanh(alpha (rho - 1)).",
+                        "type": "string", "enum": ["official", "continuous"], "default": "official"},
+        "score_source": {"description": "decomposition: unimodal logits W_m z_m + b/M of a linear fusion (official); heads: each "
+                         "modality's head (MLB repository, for non-linear fusions).",
+                         "type": "string", "enum": ["decomposition", "heads"], "default": "decomposition"},
+    }
+    NEEDS_HINT = "set score_source: heads to score each modality by its head instead"
     add_noise = False
+
+    @classmethod
+    def needs(cls, settings):
+        return {"decomposition"} if settings.get("score_source", "decomposition") == "decomposition" else set()
 
     def setup(self, model):
         if self.settings["score_source"] == "decomposition" and not model.fusion.decomposable:
@@ -77,4 +95,5 @@ class OGM(Balancer):
 
 
 class OGMGE(OGM):
+    DESCRIPTION = "OGM with generalisation enhancement noise (official GeWu-Lab/OGM-GE_CVPR2022)."
     add_noise = True

@@ -72,6 +72,20 @@ def norm_matching_loss(w: torch.Tensor, logits: list[torch.Tensor], rates: torch
 
 
 class OLM(Balancer):
+    DESCRIPTION = ("Online Logit Modulation (the released engines/engine_logits_com.py read as a sketch): learnable logit scales "
+                   "norm-matched to targets from generalisation/convergence rates of per-epoch validation losses.")
+    SETTINGS = {
+        "coefficient_lr": {"description": "Adam learning rate of the logit scales w, no weight decay (released ResNet scripts: 1e-3).",
+                           "type": "number", "exclusiveMinimum": 0, "default": 0.001},
+        "rule": {"description": "generalization: r = softmax(G/C) (engine_logits_com.py, the paper); loss_ratio: r from training-loss "
+                 "ratios only (engine_logits.py, the README's variant).",
+                 "type": "string", "enum": ["generalization", "loss_ratio"], "default": "generalization"},
+        "reduction": {"description": "Cross-entropy over the batch: sum (released code) or mean.",
+                      "type": "string", "enum": ["sum", "mean"], "default": "sum"},
+        "validation": {"description": "Where validation losses come from: per_epoch (the whole validation split after each epoch; the "
+                       "released code pairs every training step with one validation batch, not implemented).",
+                       "type": "string", "enum": ["per_epoch"], "default": "per_epoch"},
+    }
     trains_unimodal_heads = True
 
     def setup(self, model):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmbalance.balancers.base import Balancer
+from mmbalance.balancers.base import Balancer, epoch_window
 
 
 def class_prototypes(features, labels, num_classes, previous=None):
@@ -92,6 +92,19 @@ def pmr_coefficients(rho, alpha):
 
 
 class PMR(Balancer):
+    DESCRIPTION = "Prototypical Modal Rebalance as released (main_Prototype_grad.py, no PER term): alpha * prototypical CE on the weaker modality."
+    SETTINGS = {
+        "alpha": {"description": "Weight of the weaker modality's prototypical CE (official CREMA-D concat/sum: 2.0; MLB 1.75).",
+                  "type": "number", "minimum": 0, "default": 2.0},
+        "momentum": {"description": "Prototype momentum mu, c = (1-mu) c_new + mu c_old (most official scripts: 0.0).",
+                     "type": "number", "minimum": 0, "maximum": 1, "default": 0.0},
+        "subset_fraction": {"description": "Share of the shuffled training set the prototypes are computed on before every epoch (official: 0.1).",
+                            "type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.1},
+        **epoch_window(0, 70, "the prototype loss", "official scripts: 70"),
+        "feature_norm": {"description": "none (official) or l2: normalise features before prototypes and distances (our robustness option).",
+                         "type": "string", "enum": ["none", "l2"], "default": "none"},
+    }
+
     def __init__(self, settings):
         super().__init__(settings)
         self.prototypes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # modality -> (C x d, valid C)

@@ -5,8 +5,10 @@ from mmbalance.balancers.base import Balancer
 
 
 class AudioOnly(Balancer):
+    DESCRIPTION = "Audio encoder + linear classifier."
     modalities = ("audio",)
 
 
 class VideoOnly(Balancer):
+    DESCRIPTION = "Video encoder + linear classifier."
     modalities = ("video",)

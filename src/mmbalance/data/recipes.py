@@ -28,6 +28,8 @@ REQUIRED = ["frames", "fps", "frame_size", "sample_rate", "seconds"]
 _RECIPE_A = {"sample_rate": 22050, "seconds": 3.0, "audio_features": "stft", "n_fft": 512, "hop_length": 353}
 
 PRESETS: dict[str, dict] = {
+    # The embedded default on a laptop CPU: 2 frames of 64 px, 8 kHz, STFT 256/250 -> 129 x 65 (about a second per epoch).
+    "synthetic_cpu": {"frames": 2, "fps": 1.0, "frame_size": 64, "sample_rate": 8000, "seconds": 2.0, "n_fft": 256, "hop_length": 250},
     # OGM-GE on CREMA-D: one frame (1 fps), recipe A.
     "ogm_ge_cremad": {"frames": 1, "fps": 1.0, "frame_size": 224, **_RECIPE_A},
     # MLB ResNet on CREMA-D: three consecutive frames at 1 fps (0, 1, 2 s), recipe A.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torchaudio
 from torch import nn
 
 
@@ -161,6 +160,8 @@ class TransformerFusion(nn.Module):
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         for parameter in [self.cls, *self.type_embedding.values()]:
             nn.init.normal_(parameter, std=0.02)
+        import torchaudio  # here, not at the top: only this fusion needs it
+
         self.conformer = torchaudio.models.Conformer(
             input_dim=dim, num_heads=max(1, dim // 64), ffn_dim=4 * dim, num_layers=layers, depthwise_conv_kernel_size=kernel
         )
@@ -177,7 +178,14 @@ class TransformerFusion(nn.Module):
         return []
 
 
+# The fusion registry: config name -> class. A fusion offers "decomposition"
+# when its class is `decomposable` (mmbalance.compatibility reads it).
 FUSIONS = {"late_linear": LateLinear, "sum": Sum, "mid_mlp": MidMLP, "film": FiLM, "gated": Gated, "transformer": TransformerFusion}
+
+
+def offers(name: str) -> set[str]:
+    """What fusion `name` offers the balancers."""
+    return {"decomposition"} if FUSIONS[name].decomposable else set()
 
 
 def build_fusion(name: str, feature_dims: dict[str, int], num_classes: int) -> nn.Module:

@@ -9,14 +9,13 @@ method, Joint included, reports unimodal accuracies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmbalance.models.conformer import AudioConformer, VideoConformer
 from mmbalance.models.fusion import build_fusion
+from mmbalance.models.output import ModelOutput
 from mmbalance.models.resnet import AudioResNet18, VideoResNet18
 
 # backbone -> modality -> encoder class, built from the backbone's settings.
@@ -24,22 +23,6 @@ ENCODERS = {
     "resnet18": {"audio": lambda s: AudioResNet18(width=s["width"]), "video": lambda s: VideoResNet18(width=s["width"])},
     "conformer": {"audio": AudioConformer, "video": VideoConformer},
 }
-
-
-@dataclass
-class ModelOutput:
-    fused: torch.Tensor  # (B, C) fused logits
-    unimodal: dict[str, torch.Tensor]  # modality -> (B, C) head logits
-    features: dict[str, torch.Tensor]  # modality -> (B, d) pooled features
-    decomposed: dict[str, torch.Tensor] | None  # modality -> (B, C), linear fusions only
-    heads_are_probes: bool
-
-    def probe_loss(self, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy that trains probe heads; zero when the heads are the
-        method's own (its loss already trains them)."""
-        if not self.heads_are_probes:
-            return self.fused.new_zeros(())
-        return sum(F.cross_entropy(logits, labels) for logits in self.unimodal.values())
 
 
 class MultimodalModel(nn.Module):

@@ -54,7 +54,7 @@ def test_lint_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "config").glob("*.yaml") if p.name != "config.yaml"))
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "config").glob("*.yaml") if p.name not in ("config.yaml", "paper_tables.yaml")))
 def test_every_shipped_grid_validates_and_dry_runs(workdir, config):
     result = snakemake("-n", "--quiet", "rules", "--directory", str(workdir), "--configfile", str(ROOT / "config" / config))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

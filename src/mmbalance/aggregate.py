@@ -176,6 +176,8 @@ def write_tables(
     write_text_atomic(out_dir / "summary.md", summary_markdown(summary, protocol, variants))
     write_text_atomic(summary_json, json.dumps(summary_metrics(summary), indent=2, allow_nan=False) + "\n")
     if published is not None:
+        if paper_specs is None:
+            raise ValueError("published numbers need the paper specs that place them (config/paper_tables.yaml)")
         specs = papers.load_specs(paper_specs)
         resolved = papers.resolve_published(papers.load_published(published), specs)
         comparison = compare_published(summary, resolved, protocol)

@@ -20,18 +20,15 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mmbalance.config import deep_merge, validate
 from mmbalance.models.multimodal import build_model
 
 PAPER_INPUTS = {
     "resnet18": {"audio": (257, 188), "video": (3, 3, 224, 224)},
     "conformer": {"audio": (149, 512), "video": (90, 1408)},
 }
-CONFORMER = {
-    "name": "conformer",
-    "audio": {"bundle": "WAV2VEC2_LARGE_LV60K", "layers": 12, "weights": "random", "architecture": {}},
-    "video": {"weights": "random", "frame_size": 288},
-    "conformer": {"projection_dim": 50, "dim": 512, "heads": 8, "ffn_dim": 2048, "layers": 5, "kernel_size": 31, "dropout": 0.1},
-}
+# The schema's defaults (the MLB sizes), untrained.
+CONFORMER = {"name": "conformer"} | deep_merge(validate({})["backbones"]["conformer"], {"audio": {"weights": "random"}, "video": {"weights": "random"}})
 BACKBONES = {"resnet18": {"name": "resnet18", "width": 64}, "conformer": CONFORMER}
 
 

@@ -19,7 +19,7 @@ GROUP_KEYS = ["dataset", "backbone", "fusion", "method", "variant"]
 PANEL_KEYS = ["dataset", "backbone", "fusion"]
 BASELINE_METHOD = "joint"
 FUSED_COLUMNS = {"accuracy": "acc", "macro_f1": "macro_f1", "mAP": "mAP", "ece": "ece"}
-NON_METRIC_COLUMNS = {*CELL_KEYS, "best_epoch"}
+NON_METRIC_COLUMNS = {*CELL_KEYS, "best_epoch", "diverged"}
 # Paired tests need at least this many folds with both the method and joint training.
 MIN_PAIRS = 3
 
@@ -32,7 +32,7 @@ def collect(metric_paths: Iterable[str | Path]) -> pd.DataFrame:
         content = json.loads(Path(path).read_text())
         rows += [_run_row(metrics) for metrics in (content if isinstance(content, list) else [content])]
     modality_columns = sorted({column for row in rows for column in row if column.startswith("acc_")})
-    columns = [*CELL_KEYS, "best_epoch", *FUSED_COLUMNS.values(), *modality_columns]
+    columns = [*CELL_KEYS, "best_epoch", "diverged", *FUSED_COLUMNS.values(), *modality_columns]
     runs = pd.DataFrame(rows, columns=columns)
     duplicated = runs.duplicated(subset=list(CELL_KEYS))
     if duplicated.any():
@@ -43,6 +43,8 @@ def collect(metric_paths: Iterable[str | Path]) -> pd.DataFrame:
 def _run_row(metrics: dict) -> dict:
     row = {key: metrics["cell"][key] for key in CELL_KEYS}
     row["best_epoch"] = metrics["best_epoch"]
+    # A run whose loss was not finite at some step (kept by train.on_nonfinite: continue).
+    row["diverged"] = metrics.get("nonfinite_steps", 0) > 0
     row.update({column: metrics["fused"][name] for name, column in FUSED_COLUMNS.items()})
     for head, head_metrics in metrics.items():
         # Unimodal heads are the metric dicts besides "fused"; "cell" has no accuracy.
@@ -80,12 +82,20 @@ def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(runs: pd.DataFrame, method_order: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per cell (dataset, backbone, fusion, method, variant): mean and sample std over folds of every metric."""
+    """Per cell (dataset, backbone, fusion, method, variant): mean and sample std over folds of every
+    metric. Diverged runs are left out of the means and counted in ``n_diverged``."""
     columns = metric_columns(runs)
-    grouped = runs.groupby(GROUP_KEYS)
+    if "diverged" not in runs.columns:
+        runs = runs.assign(diverged=False)
+    kept = runs[~runs["diverged"].astype(bool)]
+    grouped = kept.groupby(GROUP_KEYS)
     summary = grouped[columns].agg(["mean", "std"])  # std has ddof=1: NaN for a single fold
     summary.columns = [f"{column}_{stat}" for column, stat in summary.columns]
     summary["n_folds"] = grouped.size()
+    diverged = runs[runs["diverged"].astype(bool)].groupby(GROUP_KEYS).size()
+    summary = summary.reindex(summary.index.union(diverged.index))
+    summary["n_folds"] = summary["n_folds"].fillna(0).astype(int)
+    summary["n_diverged"] = diverged.reindex(summary.index).fillna(0).astype(int)
     summary = summary.reset_index()
     rank = {method: i for i, method in enumerate(ordered_methods(summary["method"], method_order))}
     # The default variant first, the others in alphabetical order.
@@ -284,7 +294,8 @@ def summary_markdown(summary: pd.DataFrame, protocol: str, variants: Mapping[str
     for _, row in summary.iterrows():
         cells = [str(row[key]) for key in GROUP_KEYS]
         cells += [_percent(row[f"{column}_mean"], row[f"{column}_std"]) for column in value_columns.values()]
-        cells.append(str(row["n_folds"]))
+        diverged = int(row.get("n_diverged", 0))
+        cells.append(str(row["n_folds"]) + (f" (+{diverged} diverged, not averaged)" if diverged else ""))
         lines.append("| " + " | ".join(cells) + " |")
     if variants:
         lines += ["", "Variants:", ""] + [f"- `{name}`: {description}" for name, description in variants.items()]
@@ -306,7 +317,7 @@ def summary_metrics(summary: pd.DataFrame) -> dict:
         prefix = "/".join(str(row[key]) for key in GROUP_KEYS)
         for column in summary.columns.drop(GROUP_KEYS):
             value = row[column]
-            if column == "n_folds":
+            if column in ("n_folds", "n_diverged"):
                 metrics[f"{prefix}/{column}"] = int(value)
             elif not math.isnan(value):
                 metrics[f"{prefix}/{column}"] = round(float(value), 4)

@@ -117,6 +117,53 @@ def validate(config: dict) -> dict:
     return config
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last)."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ConfigError(f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}: key {key!r} is given twice "
+                              f"(first on line {seen[key] + 1})")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A config file, with errors naming the file, line and column (a tab indent, a key given twice ...)."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as stream:  # a file object: error marks carry its name
+            loaded = yaml.load(stream, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot be read ({error})") from error
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys, not a {type(loaded).__name__}")
+    return loaded
+
+
+def check_config_files(paths) -> None:
+    """Read each config file strictly (Snakemake's own reader accepts a key given twice, the last
+    silently winning): raises ConfigError naming the file, line and column."""
+    for path in paths:
+        load_yaml(path)
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """`base` with `override` merged in: dicts key by key, anything else replaced."""
     merged = copy.deepcopy(base)
@@ -204,11 +251,7 @@ class Experiment:
         """Configs merged in order (later files win, dicts key by key), as `--configfile` does."""
         config: dict = {}
         for path in paths:
-            text = Path(path).read_text()
-            try:
-                config = deep_merge(config, yaml.safe_load(text) or {})
-            except yaml.YAMLError as error:
-                raise ConfigError(f"{path}: not valid YAML: {error}") from error
+            config = deep_merge(config, load_yaml(path))
         return cls(config)
 
     # --- the grid -------------------------------------------------------------

@@ -46,6 +46,8 @@ def evaluate_run(predictions_path: str | Path, history_path: str | Path, cell: d
             "best_epoch": int(predictions["best_epoch"]),
             "epochs_trained": len(history),
             "num_test": len(labels),
+            # Training steps whose loss was not finite (train.on_nonfinite: continue); the tables mark such runs.
+            "nonfinite_steps": int(history["nonfinite_steps"].sum()) if "nonfinite_steps" in history else 0,
         }
         # "fused" first, then the modalities alphabetically, for stable JSON.
         heads = sorted(

@@ -4,17 +4,27 @@ Concurrent first writes to a fresh SQLite store fail in MLflow's schema
 migrations, so `init_store` (the `init_tracking` rule) creates the schema and the
 experiment before any training job starts; after that, parallel jobs log safely.
 Runs are driven through `MlflowClient` (no global fluent state), and a resumed
-job reopens its run by the id stored in its checkpoint.
+job reopens its run by the id stored in its checkpoint (see `Tracker`). A store
+deleted after the `init_tracking` rule ran is created again, under a file lock,
+by the first job that needs it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from mmbalance.io import write_text_atomic
+
+log = logging.getLogger(__name__)
+# Tags that name a training cell, and the metric whose steps say which epochs a run has.
+CELL_TAGS = ("dataset", "backbone", "fusion", "method", "variant", "fold")
+STEP_KEY = "val_acc"
 
 
 def _client(uri: str):
@@ -26,12 +36,13 @@ def _client(uri: str):
 def init_store(uri: str, experiment: str, artifact_root: Path, sentinel: Path) -> str:
     """Create the store's schema and the experiment; write a sentinel file."""
     client = _client(uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found is not None
-        else client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
-    )
+    with _store_lock(uri):
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = (
+            found.experiment_id
+            if found is not None
+            else client.create_experiment(experiment, artifact_location=Path(artifact_root).resolve().as_uri())
+        )
     write_text_atomic(sentinel, json.dumps({"uri": uri, "experiment": experiment, "experiment_id": experiment_id}, indent=2))
     return experiment_id
 
@@ -60,32 +71,91 @@ def flatten(settings: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+@contextmanager
+def _store_lock(uri: str):
+    """Serialise the creation of a local SQLite store (concurrent first writes fail); a no-op otherwise."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".init.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def experiment_id(client, uri: str, experiment: str) -> str:
+    """The experiment's id; the store and the experiment are created when missing (a deleted
+    store heals on the next run instead of failing every job)."""
+    with _store_lock(uri):
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        log.warning("MLflow experiment %r is missing in %s: creating it", experiment, uri)
+        # Artifacts beside a local store (as init_store puts them), not in ./mlruns of the working directory.
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" if uri.startswith("sqlite:///") else None
+        return client.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri() if artifacts else None)
+
+
 class Tracker:
-    """One MLflow run: created on first start, reopened on resume."""
+    """The one MLflow run of a training cell.
+
+    It is reopened by the id the checkpoint holds; without one (a job killed before its first
+    checkpoint), by the cell's tags: an unfinished run of the same cell and settings is reused,
+    so a cell never gets a second run because it was killed. Each epoch is logged once: an
+    epoch whose points the run already has is skipped (a deterministic rerun of an epoch gives
+    the same values), and `log_history` fills in epochs a kill kept from being logged.
+    """
 
     def __init__(self, uri: str, experiment: str, run_id: str | None, run_name: str, tags: dict, params: dict):
-        from mlflow.entities import RunStatus
+        from mlflow.entities import Param, RunStatus
+        from mlflow.exceptions import MlflowException
 
         self.client = _client(uri)
+        experiment_id_ = experiment_id(self.client, uri, experiment)
+        tags = {k: str(v) for k, v in tags.items()}
         if run_id is not None:
-            self.run_id = run_id
+            try:
+                self.client.get_run(run_id)
+            except MlflowException:
+                log.warning("MLflow run %s of the checkpoint is not in %s (the store was replaced?): starting a new run", run_id, uri)
+                run_id = None
+        if run_id is None:
+            run_id = self._unfinished_run(experiment_id_, tags)
+        if run_id is None:
+            run = self.client.create_run(experiment_id_, run_name=run_name, tags=tags)
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in flatten(params).items()])
+        else:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            return
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            raise RuntimeError(f"MLflow experiment {experiment!r} does not exist in {uri}: run the init_tracking rule first")
-        run = self.client.create_run(found.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
-        self.run_id = run.info.run_id
-        from mlflow.entities import Param
+        self.run_id = run_id
+        self._logged = {metric.step for metric in self.client.get_metric_history(run_id, STEP_KEY)}
 
-        self.client.log_batch(self.run_id, params=[Param(k, v[:6000]) for k, v in flatten(params).items()])
+    def _unfinished_run(self, experiment_id_: str, tags: dict) -> str | None:
+        """The newest run with exactly these cell tags that did not finish, if any."""
+        keys = [*CELL_TAGS, "settings_fingerprint"]
+        query = " and ".join(f"tags.{key} = '{tags[key]}'" for key in keys if key in tags)
+        runs = self.client.search_runs([experiment_id_], filter_string=query, order_by=["attributes.start_time DESC"])
+        unfinished = [run for run in runs if run.info.status != "FINISHED"]
+        if unfinished:
+            log.info("reusing MLflow run %s (%s) of this cell", unfinished[0].info.run_id, unfinished[0].info.status)
+            return unfinished[0].info.run_id
+        return None
 
     def log_epoch(self, metrics: dict[str, float], epoch: int) -> None:
         from mlflow.entities import Metric
 
+        if epoch in self._logged:
+            return
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items() if v == v]  # drop NaN
         self.client.log_batch(self.run_id, metrics=batch)
+        self._logged.add(epoch)
+
+    def log_history(self, history: list[dict]) -> None:
+        """Every epoch of `history` the run does not have yet."""
+        for row in history:
+            self.log_epoch({k: v for k, v in row.items() if k != "epoch"}, row["epoch"])
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))

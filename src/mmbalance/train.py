@@ -2,11 +2,16 @@
 
 A method plugs in through the balancer hooks (`mmbalance.balancers.base`); the
 loop itself never asks which method it runs. Each epoch trains on the fold's
-train split, evaluates validation and test, and writes a checkpoint atomically
+train split, evaluates validation and test, writes a checkpoint atomically
 (model, optimizer, scheduler, RNG states, balancer state, history, best epoch,
-MLflow run id). A job killed at any point resumes from its last checkpoint and
-ends with the same numbers as an uninterrupted run. The model is selected on
-validation accuracy; test is reported at that epoch.
+MLflow run id) and then logs the epoch. A job killed at any point resumes from
+its last checkpoint and ends with the same numbers as an uninterrupted run, in
+the same MLflow run with one point per epoch (`mmbalance.checkpoint` has the
+files, the lock and the safe loading; `mmbalance.tracking.Tracker` the run).
+The model is selected on validation accuracy; test is reported at that epoch.
+A training loss that is not finite stops the job naming the cell, epoch and
+step, unless `train.on_nonfinite: continue` (then the steps are counted in
+the history's `nonfinite_steps`, and the tables mark the run).
 
 Outputs in `out_dir`: history.csv (one row per epoch), predictions.npz (test
 probabilities at the best epoch), model.pt (best weights), run.json.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from collections import defaultdict
@@ -27,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmbalance import checkpoint
 from mmbalance.balancers import build_balancer
 from mmbalance.balancers.base import EpochContext, true_class_confidence
 from mmbalance.data.features import FeatureStore
@@ -64,15 +71,8 @@ def settings_fingerprint(settings: dict) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
-def rng_states(data_order: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "data_order": data_order.get_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def set_rng_states(states: dict, data_order: torch.Generator) -> None:
-    torch.set_rng_state(states["torch"])
-    data_order.set_state(states["data_order"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (a diverging run)."""
 
 
 @torch.no_grad()
@@ -136,15 +136,22 @@ def sample_batches(store, rows, modalities, batch_size, seed, epoch, split: str,
         yield store.inputs(batch, modalities), store.labels[batch]
 
 
-def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, data_order) -> dict[str, float]:
+def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, data_order, on_nonfinite="stop", cell="") -> dict[str, float]:
     model.train()
-    sums, count, correct = defaultdict(float), 0, 0
+    sums, count, correct, nonfinite = defaultdict(float), 0, 0, 0
     order = rows[torch.randperm(len(rows), generator=data_order)]
-    for start in range(0, len(order), batch_size):
+    for step, start in enumerate(range(0, len(order), batch_size)):
         batch = order[start : start + batch_size]
         labels = store.labels[batch]
         out = balancer.forward(model, store.inputs(batch, model.modalities), labels, epoch)
         objective, logs = balancer.loss(out, labels, epoch)
+        if not math.isfinite(loss := objective.item()):
+            if on_nonfinite == "stop":
+                raise NonFiniteLossError(
+                    f"cell {cell}: the training loss is {loss} at epoch {epoch}, step {step}; the run diverged "
+                    "(lower train.optimizer.lr, or set train.on_nonfinite: continue to keep training and mark the run)"
+                )
+            nonfinite += 1
         optimizer.zero_grad(set_to_none=True)
         (objective + out.probe_loss(labels)).backward()
         logs |= balancer.after_backward(model, out, labels, epoch)
@@ -156,54 +163,84 @@ def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, 
         sums["train_loss"] += objective.item() * n
         for key, value in logs.items():
             sums[f"balance/{key}"] += value * n
-    return {key: total / count for key, total in sums.items()} | {"train_acc": correct / count}
+    return {key: total / count for key, total in sums.items()} | {"train_acc": correct / count, "nonfinite_steps": nonfinite}
 
 
 def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path) -> dict:
-    """Train one grid cell; resumes from `checkpoint_path` when it exists."""
+    """Train one grid cell; resumes from `checkpoint_path` when it holds a state of these
+    settings, and only rewrites the outputs when the cell already finished (`final.pt`)."""
     out_dir, checkpoint_path = Path(out_dir), Path(checkpoint_path)
-    seed, recipe = settings["seed"], settings["train"]
+    cell = settings["cell"]
+    run_name = "/".join(str(cell[k]) for k in ("dataset", "backbone", "fusion", "method", "variant")) + f"/fold{cell['fold']}"
+    lock = checkpoint.CellLock(checkpoint_path.parent, run_name)  # before anything is read or written
+    try:
+        checkpoint.remove_stale_temporaries(checkpoint_path.parent, out_dir)
+        return _train(Path(features_dir), settings, out_dir, checkpoint_path, run_name)
+    finally:
+        lock.release()
+
+
+def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path, run_name: str) -> dict:
+    seed, recipe, cell = settings["seed"], settings["train"], settings["cell"]
     torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
     lease = select_device(recipe["device"])
     device = torch.device(lease.device)
     log.info("device: %s", lease.describe())
 
     store = FeatureStore.load(features_dir).to(device)
-    labels = store.labels.cpu().numpy()
-    balancer = build_balancer(settings["method"], settings["method_settings"])
-    modalities = list(balancer.modalities or ALL_MODALITIES)
-    model = build_model(modalities, settings["backbone"], settings["fusion"], store.num_classes, not balancer.trains_unimodal_heads).to(device)
-    balancer.setup(model)
-    optimizer = build_optimizer(model.parameters(), recipe["optimizer"])
-    scheduler = build_scheduler(optimizer, recipe["scheduler"])
-    data_order = torch.Generator().manual_seed(seed)
-    rows = {split: store.split_rows(settings["cell"]["fold"], split) for split in ("train", "val", "test")}
-    for split, members in rows.items():
-        if len(members) == 0:
-            raise ValueError(f"fold {settings['cell']['fold']} has no {split} clips in {features_dir}")
-    store.standardise(rows["train"])
-
-    history, best, run_id, start_epoch = [], None, None, 0
     fingerprint = settings_fingerprint(settings)
-    state = torch.load(checkpoint_path, map_location=device, weights_only=False) if checkpoint_path.exists() else None
-    if state is not None and state["settings_fingerprint"] != fingerprint:
-        log.warning("ignoring %s: it was written with other settings", checkpoint_path)
-        state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        balancer.load_state_dict(state["balancer"])
-        set_rng_states(state["rng"], data_order)
-        history, best, run_id, start_epoch = state["history"], state["best"], state["run_id"], state["epoch"]
-        log.info("resuming from %s at epoch %d", checkpoint_path, start_epoch)
-
-    cell = settings["cell"]
-    tags = cell | {"seed": seed, "mlflow.source.git.commit": git_commit(), "data_hash": store.meta["data_hash"], "device": lease.describe()}
+    tags = cell | {"seed": seed, "mlflow.source.git.commit": git_commit(), "data_hash": store.meta["data_hash"], "device": lease.describe(),
+                   "settings_fingerprint": fingerprint}
     tags |= {f"recipe.{k}": v for k, v in store.meta["recipe"].items()} | {"protocol": store.meta.get("protocol", "")}
     tracking = settings["tracking"]
-    run_name = "/".join(str(cell[k]) for k in ("dataset", "backbone", "fusion", "method", "variant")) + f"/fold{cell['fold']}"
-    tracker = Tracker(tracking["uri"], tracking["experiment"], run_id, run_name, tags, settings)
+    final_path = checkpoint_path.with_name("final.pt")
+    # What a finished cell's outputs depend on: reused only when all of it is the same.
+    final_key = {"settings": fingerprint, "code": checkpoint.code_fingerprint(), "data": store.meta["data_hash"], "device": device.type}
+
+    try:
+        final = checkpoint.load(final_path, device)
+        if final is not None and final.get("key") == final_key:
+            log.info("%s finished before (%s): rewriting its outputs, not training again", run_name, final_path)
+            tracker = Tracker(tracking["uri"], tracking["experiment"], final["run_id"], run_name, tags, settings)
+            tracker.log_history(final["history"])
+            summary = write_outputs(out_dir, store, store.split_rows(cell["fold"], "test"), final["history"], final["best"], tracker.run_id, lease.describe(), cell)
+            tracker.finish("FINISHED")
+            lease.release()
+            return summary
+
+        labels = store.labels.cpu().numpy()
+        balancer = build_balancer(settings["method"], settings["method_settings"])
+        modalities = list(balancer.modalities or ALL_MODALITIES)
+        model = build_model(modalities, settings["backbone"], settings["fusion"], store.num_classes, not balancer.trains_unimodal_heads).to(device)
+        balancer.setup(model)
+        optimizer = build_optimizer(model.parameters(), recipe["optimizer"])
+        scheduler = build_scheduler(optimizer, recipe["scheduler"])
+        data_order = torch.Generator().manual_seed(seed)
+        rows = {split: store.split_rows(cell["fold"], split) for split in ("train", "val", "test")}
+        for split, members in rows.items():
+            if len(members) == 0:
+                raise ValueError(f"fold {cell['fold']} has no {split} clips in {features_dir}")
+        store.standardise(rows["train"])
+
+        history, best, run_id, start_epoch = [], None, None, 0
+        state = checkpoint.load(checkpoint_path, device)
+        if state is not None and state.get("settings_fingerprint") != fingerprint:
+            log.warning("ignoring %s: it was written with other settings", checkpoint_path)
+            state = None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            balancer.load_state_dict(state["balancer"])
+            checkpoint.set_rng_states(state["rng"], data_order)
+            history, best, run_id, start_epoch = state["history"], state["best"], state["run_id"], state["epoch"]
+            log.info("resuming from %s at epoch %d", checkpoint_path, start_epoch)
+
+        tracker = Tracker(tracking["uri"], tracking["experiment"], run_id, run_name, tags, settings)
+        tracker.log_history(history)  # epochs a kill kept from being logged
+    except BaseException:
+        lease.release()
+        raise
 
     try:
         for epoch in range(start_epoch, recipe["epochs"]):
@@ -211,7 +248,8 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             context = EpochContext(epoch, model, partial(sample_batches, store, rows, model.modalities, recipe["batch_size"], seed, epoch))
             row |= {f"balance/{k}": v for k, v in balancer.on_epoch_start(context).items()}
-            row |= train_one_epoch(model, balancer, optimizer, store, rows["train"], recipe["batch_size"], epoch, data_order)
+            row |= train_one_epoch(model, balancer, optimizer, store, rows["train"], recipe["batch_size"], epoch, data_order,
+                                   recipe["on_nonfinite"], run_name)
             val_norms = {}
             val_probs = predict(model, store, rows["val"], recipe["eval_batch_size"], val_norms)
             test_probs = predict(model, store, rows["test"], recipe["eval_batch_size"])
@@ -224,20 +262,23 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
             row["seconds"] = time.perf_counter() - began
             history.append(row)
             if best is None or row["val_acc"] > best["val_acc"]:
-                best = {"epoch": epoch, "val_acc": row["val_acc"], "test_probs": test_probs, "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                best = {"epoch": epoch, "val_acc": row["val_acc"], "test_probs": {h: torch.from_numpy(p) for h, p in test_probs.items()},
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
-            tracker.log_epoch({k: v for k, v in row.items() if k != "epoch"}, epoch)
             state = {
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "balancer": balancer.state_dict(), "rng": rng_states(data_order),
+                "scheduler": scheduler.state_dict(), "balancer": balancer.state_dict(), "rng": checkpoint.rng_states(data_order),
                 "history": history, "best": best, "run_id": tracker.run_id, "settings_fingerprint": fingerprint,
             }
-            write_atomic(checkpoint_path, lambda tmp: torch.save(state, tmp))
+            checkpoint.save(checkpoint_path, state)  # first the state, then the log: a kill in between is healed by log_history
+            tracker.log_epoch({k: v for k, v in row.items() if k != "epoch"}, epoch)
+        # What the outputs are made of, kept so that a rerun of this finished cell only rewrites them.
+        checkpoint.save(final_path, {"key": final_key, "history": history, "best": best, "run_id": tracker.run_id})
         summary = write_outputs(out_dir, store, rows["test"], history, best, tracker.run_id, lease.describe(), cell)
         tracker.log_artifact(out_dir / "history.csv")
         tracker.finish("FINISHED")
-        checkpoint_path.unlink()  # the outputs now hold everything; a rerun starts afresh
-    except Exception:
+        checkpoint_path.unlink(missing_ok=True)
+    except BaseException:
         tracker.finish("FAILED")
         raise
     finally:
@@ -252,7 +293,7 @@ def save_npz(path: str, arrays: dict) -> None:
 
 def write_outputs(out_dir, store, test_rows, history, best, run_id, device, cell) -> dict:
     test_rows = test_rows.cpu().numpy()
-    probs = {f"probs_{head}": p.astype(np.float32) for head, p in best["test_probs"].items()}
+    probs = {f"probs_{head}": np.asarray(torch.as_tensor(p).cpu(), dtype=np.float32) for head, p in best["test_probs"].items()}
     arrays = dict(
         clips=store.index["clip"].to_numpy()[test_rows].astype(str),
         labels=store.labels.cpu().numpy()[test_rows],

@@ -5,9 +5,11 @@
 import json
 from pathlib import Path
 
-from mmbalance.config import Experiment, validate
+from mmbalance.config import Experiment, check_config_files, validate
 from mmbalance.data import registry
 
+# Snakemake's reader keeps the last of a key given twice: read the files again, strictly.
+check_config_files(workflow.configfiles)
 # Fills every default into `config` in place and stops on a wrong key or value, naming it.
 validate(config)
 EXPERIMENT = Experiment(config, validated=True)

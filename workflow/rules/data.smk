@@ -24,7 +24,7 @@ rule generate_dataset:
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance generate --settings {params.settings:q} --out {params.out} --threads {threads} > {log} 2>&1"
+        "python -m mmbalance generate --settings {params.settings:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 # Runs where the workflow was started: cluster nodes often have no internet.
@@ -50,8 +50,8 @@ rule download:
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance download --dataset {wildcards.raw} --source {params.source:q} --out {params.out} "
-        "--workers {threads} > {log} 2>&1"
+        "python -m mmbalance download --dataset {wildcards.raw} --source {params.source:q} --out {params.out:q} "
+        "--workers {threads} > {log:q} 2>&1"
 
 
 rule catalog:
@@ -74,8 +74,8 @@ rule catalog:
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance catalog --dataset {wildcards.dataset} --raw {params.raw} --options {params.options:q} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m mmbalance catalog --dataset {wildcards.dataset} --raw {params.raw:q} --options {params.options:q} "
+        "--out {params.out:q} > {log:q} 2>&1"
 
 
 rule preprocess:
@@ -100,8 +100,8 @@ rule preprocess:
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance preprocess --catalog {params.catalog} --recipe {params.recipe:q} --out {params.out} "
-        "--skip-log {log.kept_skipped} --max-skipped-fraction {params.max_skipped} > {log.log} 2>&1"
+        "python -m mmbalance preprocess --catalog {params.catalog:q} --recipe {params.recipe:q} --out {params.out:q} "
+        "--skip-log {log.kept_skipped:q} --max-skipped-fraction {params.max_skipped:q} > {log.log:q} 2>&1"
 
 
 rule extract_embeddings:
@@ -127,5 +127,5 @@ rule extract_embeddings:
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance extract --catalog {params.catalog} --recipe {params.recipe:q} "
-        "--backbone {params.extractors:q} --out {params.out} --device {params.device} --threads {threads} > {log} 2>&1"
+        "python -m mmbalance extract --catalog {params.catalog:q} --recipe {params.recipe:q} "
+        "--backbone {params.extractors:q} --out {params.out:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"

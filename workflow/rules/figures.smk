@@ -24,8 +24,8 @@ rule figure_tables:
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance figure-tables --runs {input.runs} --agreement {input.agreement} "
-        "--method-order {params.methods} --dpi {params.dpi} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m mmbalance figure-tables --runs {input.runs:q} --agreement {input.agreement:q} "
+        "--method-order {params.methods:q} --dpi {params.dpi:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule figure_training:
@@ -67,4 +67,4 @@ rule figure_training:
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance figure-training --histories {input.histories} --dpi {params.dpi} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m mmbalance figure-training --histories {input.histories:q} --dpi {params.dpi:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

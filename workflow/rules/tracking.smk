@@ -21,4 +21,4 @@ rule init_tracking:
         "../envs/mmbalance.yaml"
     shell:
         "python -m mmbalance init-tracking --uri {params.uri:q} --experiment {params.experiment:q} "
-        "--artifacts {params.artifacts} --sentinel {output} > {log} 2>&1"
+        "--artifacts {params.artifacts:q} --sentinel {output:q} > {log:q} 2>&1"

@@ -28,5 +28,5 @@ rule train:
     conda:
         "../envs/mmbalance.yaml"
     shell:
-        "python -m mmbalance train --features {params.features} --settings {params.settings:q} "
-        "--out {params.out} --checkpoint {params.checkpoint} --threads {threads} > {log} 2>&1"
+        "python -m mmbalance train --features {params.features:q} --settings {params.settings:q} "
+        "--out {params.out:q} --checkpoint {params.checkpoint:q} --threads {threads} > {log:q} 2>&1"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmbalance.io import write_text_atomic
+from mmbalance.io import read_json, write_text_atomic
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ["clip", "label", "class_name", "group", "audio", "video", "start", "end"]
@@ -63,6 +63,12 @@ class Catalog:
         repeated = [name for name, n in Counter(names).items() if n > 1]
         if repeated:
             raise ValueError(f"{self.dataset}: clip names must be unique, repeated: {repeated[:5]}")
+        for clip in self.clips:
+            if not 0 <= clip.label < len(self.classes):
+                raise ValueError(
+                    f"{self.dataset}: clip {clip.name!r} has label {clip.label}, outside the {len(self.classes)} classes "
+                    f"(0..{len(self.classes) - 1}: {', '.join(self.classes)})"
+                )
         known = set(names)
         for fold, splits in self.folds.items():
             for split, members in splits.items():
@@ -117,23 +123,30 @@ class Catalog:
         for name in FILES:
             if not (catalog_dir / name).exists():
                 raise FileNotFoundError(f"catalog {catalog_dir} lacks {name}: run the catalog rule first")
-        meta = json.loads((catalog_dir / "catalog.json").read_text())
+        meta = read_json(catalog_dir / "catalog.json")
         raw_dir = Path(meta["raw_dir"])
         table = pd.read_csv(catalog_dir / "catalog.csv", keep_default_na=False, dtype={"clip": str, "group": str})
-        clips = [
-            Clip(name=r.clip, label=int(r.label), group=r.group, audio=raw_dir / r.audio, video=raw_dir / r.video,
-                 start=float(r.start), end=None if r.end == "" else float(r.end))
-            for r in table.itertuples()
-        ]
-        folds = read_folds(catalog_dir / "data_splits.json")
-        return cls(meta["dataset"], meta["protocol"], meta["classes"], clips,
-                   {f: {s: sorted(m) for s, m in splits.items()} for f, splits in folds.items()}, raw_dir, meta.get("notes", {}))
+        try:
+            clips = [
+                Clip(name=r.clip, label=int(r.label), group=r.group, audio=raw_dir / r.audio, video=raw_dir / r.video,
+                     start=float(r.start), end=None if r.end == "" else float(r.end))
+                for r in table.itertuples()
+            ]
+            folds = read_folds(catalog_dir / "data_splits.json")
+            return cls(meta["dataset"], meta["protocol"], meta["classes"], clips,
+                       {f: {s: sorted(m) for s, m in splits.items()} for f, splits in folds.items()}, raw_dir, meta.get("notes", {}))
+        except ValueError as error:
+            if str(catalog_dir) in str(error):
+                raise
+            raise ValueError(f"{catalog_dir / 'catalog.csv'}: {error}") from None
 
 
 def read_folds(path: Path) -> dict[int, dict[str, set[str]]]:
     """fold number -> split -> clip names (MLB json form; entries may carry a
     file extension, as MLB's `<clip>.wav`), checking the splits are disjoint."""
-    raw = json.loads(Path(path).read_text())
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected an object of folds ({{\"1\": {{\"train\": [...], ...}}}}), got a {type(raw).__name__}")
     folds = {}
     for fold, members in raw.items():
         missing = [split for split in SPLITS if split not in members]

@@ -15,10 +15,12 @@ Skipped clips keep their (zero) row so positions never shift.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import torch
 
 from mmbalance.data import media
 from mmbalance.data.catalog import Catalog, Clip, check_skips, skip_report
-from mmbalance.io import file_sha256, write_text_atomic
+from mmbalance.io import disk_full_named, file_sha256, read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def write_store(catalog: Catalog, out_dir: Path, arrays: dict[str, tuple], encod
     `arrays` ({file: (dtype, per-clip shape)}), renamed into place only when
     complete, then index.csv and meta.json (`meta` plus what every store has).
     A clip whose media cannot be decoded keeps a zero row and is marked skipped,
-    with the kind of failure (missing, stub, corrupt, no_audio, too_short)."""
+    with the kind of failure (missing, stub, corrupt, truncated, no_audio, too_short)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = catalog.clips
@@ -97,7 +99,13 @@ def write_store(catalog: Catalog, out_dir: Path, arrays: dict[str, tuple], encod
         fold: {name: split for split, members in splits.items() for name in members} for fold, splits in catalog.folds.items()
     }
     partial = {name: out_dir / f"{name}.tmp" for name in arrays}
-    maps = {name: np.lib.format.open_memmap(partial[name], "w+", dtype, (len(clips), *shape)) for name, (dtype, shape) in arrays.items()}
+    needed = sum(np.dtype(dtype).itemsize * len(clips) * int(np.prod(shape)) for dtype, shape in arrays.values())
+    free = shutil.disk_usage(out_dir).free
+    if needed > free:
+        raise OSError(errno.ENOSPC, f"no space left for the feature store {out_dir}: it needs {needed / 1e9:.2f} GB, "
+                                    f"the device has {free / 1e9:.2f} GB free")
+    with disk_full_named(partial[next(iter(arrays))]):
+        maps = {name: np.lib.format.open_memmap(partial[name], "w+", dtype, (len(clips), *shape)) for name, (dtype, shape) in arrays.items()}
     rows = []
     for row, clip in enumerate(clips):
         entry = {"clip": clip.name, "group": clip.group, "label": clip.label, "row": row, "skipped": False, "skip_kind": "",
@@ -113,8 +121,9 @@ def write_store(catalog: Catalog, out_dir: Path, arrays: dict[str, tuple], encod
         rows.append(entry)
         if (row + 1) % 500 == 0:
             log.info("%d / %d clips", row + 1, len(clips))
-    for array in maps.values():
-        array.flush()
+    with disk_full_named(partial[next(iter(arrays))]):
+        for array in maps.values():
+            array.flush()
     del maps
     for name, path in partial.items():
         os.replace(path, out_dir / name)
@@ -171,7 +180,7 @@ class FeatureStore:
         store_dir = Path(store_dir)
         if not (store_dir / "meta.json").exists():
             raise FileNotFoundError(f"feature store {store_dir} lacks meta.json: run the preprocess (or extract) rule first")
-        meta = json.loads((store_dir / "meta.json").read_text())
+        meta = read_json(store_dir / "meta.json")
         files = STORE_FILES[meta.get("kind", "decoded")]
         for name in [*files.values(), "index.csv"]:
             if not (store_dir / name).exists():

@@ -19,6 +19,7 @@ class MediaError(Exception):
     """A file that is not decodable media; the message names the file and why.
 
     `kind` sorts skips in the kept/skipped log: missing, stub, corrupt,
+    truncated (the file ends before the duration its container declares),
     no_audio or too_short."""
 
     def __init__(self, message: str, kind: str = "corrupt"):
@@ -41,15 +42,49 @@ def check_is_media(path: Path) -> None:
         raise MediaError(f"{path}: empty file")
 
 
+# A stream may end this much before its declared duration (codec delay, rounding) and still be whole.
+DURATION_TOLERANCE = 0.1  # seconds
+
+
+def declared_seconds(container, stream) -> float | None:
+    """The duration the container says `stream` has (stream header first, then the container's)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def wav_data_shortfall(path: Path) -> tuple[int, int] | None:
+    """(bytes the WAV's data chunk declares, bytes present) when a RIFF/WAVE file is cut short;
+    None for a whole file or another format (decoders read a short data chunk without a word)."""
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return None
+        while chunk := handle.read(8):
+            if len(chunk) < 8:
+                return None
+            size = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                present = len(handle.read(size))
+                return (size, present) if present < size and size != 0xFFFFFFFF else None  # 0xFFFFFFFF: streamed, size unknown
+            handle.seek(size + (size & 1), 1)
+    return None
+
+
 def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | None = None) -> np.ndarray:
     """Mono float32 waveform in [-1, 1], resampled to `sample_rate`, from
     `start` to `end` seconds (AVE's event segment; end None = to the end).
     Works on audio files and on the audio track of video containers."""
     check_is_media(path)
+    if shortfall := wav_data_shortfall(path):
+        raise MediaError(f"{path}: the WAV header declares {shortfall[0]} bytes of audio, the file holds {shortfall[1]} (truncated)", "truncated")
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise MediaError(f"{path}: no audio stream", "no_audio")
+            declared = declared_seconds(container, container.streams.audio[0])
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
             chunks = []
             for frame in container.decode(audio=0):
@@ -60,6 +95,10 @@ def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | 
     if not chunks:
         raise MediaError(f"{path}: audio stream has no samples", "no_audio")
     waveform = np.concatenate(chunks, axis=1)[0]
+    decoded = len(waveform) / sample_rate
+    if declared is not None and decoded < declared - DURATION_TOLERANCE:
+        # A WAV whose data is shorter than its header says: kept, it would be silently shorter.
+        raise MediaError(f"{path}: audio ends at {decoded:.2f} s but the file declares {declared:.2f} s (truncated)", "truncated")
     segment = waveform[int(round(start * sample_rate)) : None if end is None else int(round(end * sample_rate))]
     if len(segment) < 2:
         raise MediaError(f"{path}: no audio between {start:g} s and {end} s (the file has {len(waveform) / sample_rate:.2f} s)", "too_short")
@@ -78,11 +117,14 @@ def decode_frames(path: Path, num_frames: int, fps: float, size: int, start: flo
     check_is_media(path)
     targets = [start + k / fps for k in range(num_frames)]
     chosen: list[np.ndarray] = []
+    last_time = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise MediaError(f"{path}: no video stream")
+            declared = declared_seconds(container, container.streams.video[0])
             for frame in container.decode(video=0):
+                last_time = frame.time if frame.time is not None else last_time
                 # A frame is kept for every target time it covers.
                 while len(chosen) < num_frames and frame.time is not None and frame.time + 1e-6 >= targets[len(chosen)]:
                     chosen.append(frame.reformat(width=size, height=size, format="rgb24").to_ndarray())
@@ -93,6 +135,10 @@ def decode_frames(path: Path, num_frames: int, fps: float, size: int, start: flo
     if not chosen:
         raise MediaError(f"{path}: no decodable video frames" + (f" after {start:g} s" if start else ""))
     padded = num_frames - len(chosen)
+    if padded and declared is not None and targets[len(chosen)] < declared - DURATION_TOLERANCE:
+        # A frame time the container says exists was never decoded: a cut file, not a short clip (never padded silently).
+        ended = f"{last_time:.2f} s" if last_time is not None else "its start"
+        raise MediaError(f"{path}: video ends at {ended} but the file declares {declared:.2f} s (truncated)", "truncated")
     if padded and not pad:
         raise MediaError(f"{path}: only {len(chosen)} of {num_frames} frames at {fps:g} fps (clip too short)", "too_short")
     chosen += [chosen[-1]] * padded

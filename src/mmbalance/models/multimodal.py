@@ -10,7 +10,6 @@ method, Joint included, reports unimodal accuracies.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmbalance.models.conformer import AudioConformer, VideoConformer

@@ -132,5 +132,5 @@ def test_the_default_config_resolves_to_the_default_grid():
 def test_from_files_names_a_file_that_is_not_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml, line 2, column 1: not valid YAML"):
         Experiment.from_files(bad)

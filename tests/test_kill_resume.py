@@ -9,7 +9,7 @@
   run's, every cell has one FINISHED MLflow run with one point per epoch, and a
   cell an orphan finished is not trained again.
 
-`MMBALANCE_KILLS` sets the number of kills (default 3; the issue's check used 10).
+`MMBALANCE_KILLS` sets the number of kills (default 3), `MMBALANCE_KILL_GRID=large` a grid that lasts for 10.
 """
 
 import os
@@ -31,12 +31,16 @@ from conftest import ROOT, TINY_PREPROCESSING
 
 pytestmark = pytest.mark.slow
 
+# MMBALANCE_KILL_GRID=large: 12 cells of 8 epochs and the papers' ResNet width (checkpoints of about
+# 130 MB that take long enough to write to be caught mid-write), for many kills.
+LARGE = os.environ.get("MMBALANCE_KILL_GRID") == "large"
+EPOCHS = 8 if LARGE else 6
 GRID = {
-    "grid": {"methods": ["audio_only", "joint", "mlb", "ogm_ge"], "folds": [2]},
+    "grid": {"methods": ["audio_only", "joint", "mlb", "ogm_ge"], "folds": [1, 2, 3] if LARGE else [2]},
     "datasets": {"synthetic_cremad": {"generator": {"actors": 6, "sentences": 1, "video_width": 64, "video_height": 48},
                                       "preprocessing": TINY_PREPROCESSING, "max_skipped_fraction": 1.0}},
-    "backbones": {"resnet18": {"width": 4}},
-    "train": {"epochs": 4, "batch_size": 4, "device": "cpu"},
+    "backbones": {"resnet18": {"width": 64 if LARGE else 4}},
+    "train": {"epochs": EPOCHS, "batch_size": 4, "device": "cpu"},
 }
 
 
@@ -94,6 +98,32 @@ def wait_for_orphans(project: Path, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
+def wait_for_victim(project: Path, process, kind: str, chance: random.Random) -> tuple[list[int], str]:
+    """Wait for the moment of a `kind` kill; returns the pids to kill (none: kill Snakemake) and what they are."""
+    if kind in ("job", "snakemake"):
+        if kind == "job":  # wait for training to start (the first attempt generates and decodes the data first)
+            deadline = time.monotonic() + 120
+            while not train_processes(project) and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.1)
+        deadline = time.monotonic() + chance.uniform(1, 10)
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        jobs = train_processes(project)
+        if kind == "job" and jobs:
+            return [chance.choice(jobs)], "a training job at a random moment"
+        return [], "Snakemake at a random moment (its jobs orphaned)"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        jobs = train_processes(project)
+        if kind == "job_at_start" and jobs:
+            return jobs[:1], "a training job as it started (before its first checkpoint)"
+        if kind == "job_writing_checkpoint" and jobs and list((project / "results" / "checkpoints").rglob(".*.pt.*.tmp")):
+            return jobs, "the training jobs while a checkpoint was being written"
+        time.sleep(0.002)
+    jobs = train_processes(project)
+    return (jobs[:1], f"a training job ({kind} not caught in time)") if jobs else ([], "Snakemake (no job to kill)")
+
+
 def results(project: Path) -> dict[str, dict]:
     runs = {}
     for path in sorted((project / "results" / "runs").rglob("predictions.npz")):
@@ -127,20 +157,20 @@ def test_random_kills_of_jobs_and_of_snakemake_change_nothing(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     log = []
+    # The kinds of kill, in turn: a job at a random moment, Snakemake at a random moment, a job
+    # before its first checkpoint (as soon as it starts), a job while it writes a checkpoint.
+    kinds = ["job", "snakemake", "job_at_start", "job_writing_checkpoint"]
     for attempt in range(kills):
+        kind = kinds[attempt % len(kinds)]
         process = subprocess.Popen(["snakemake", "--cores", "2", "--configfile", "grid.yaml"], cwd=project, env=environment(project),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Kill the scheduler or a training job at a random moment of the run.
-        deadline = time.monotonic() + chance.uniform(4, 25)
-        victim = "snakemake" if attempt % 3 == 1 else "job"
-        while time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        jobs = train_processes(project)
+        victims, what = wait_for_victim(project, process, kind, chance)
         if process.poll() is not None:
-            log.append(f"{attempt}: finished before the kill")
+            log.append(f"{attempt}: the run finished before the {kind} kill")
             break
-        if victim == "job" and jobs:
-            os.kill(chance.choice(jobs), signal.SIGKILL)
+        if victims:
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
             process.wait(timeout=600)
         else:
             os.kill(process.pid, signal.SIGKILL)  # its jobs go on, orphaned
@@ -148,19 +178,19 @@ def test_random_kills_of_jobs_and_of_snakemake_change_nothing(tmp_path):
             wait_for_orphans(project)
             unlock = snakemake(project, "--unlock", "--configfile", "grid.yaml")
             assert unlock.returncode == 0, unlock.stderr[-2000:]
-        log.append(f"{attempt}: killed {victim if victim == 'snakemake' or jobs else 'snakemake (no job yet)'}")
+        log.append(f"{attempt}: killed {what}")
     print("\n".join(log))
     final = snakemake(project, "--cores", "2", "--configfile", "grid.yaml")
     assert final.returncode == 0, "\n".join(log) + final.stdout[-3000:] + final.stderr[-3000:]
 
     expected, got = results(reference), results(project)
-    assert sorted(got) == sorted(expected) and len(got) == 4
+    assert sorted(got) == sorted(expected) and len(got) == len(GRID["grid"]["methods"]) * len(GRID["grid"]["folds"])
     for cell in expected:
         pd.testing.assert_frame_equal(got[cell].pop("history"), expected[cell].pop("history"), obj=cell)
         for key in expected[cell]:
             np.testing.assert_array_equal(got[cell][key], expected[cell][key], err_msg=f"{cell} {key}")
     runs = mlflow_runs(project)
-    assert sorted(method for _, _, method in runs) == ["audio_only", "joint", "mlb", "ogm_ge"], (log, runs)
+    assert sorted(method for _, _, method in runs) == sorted(GRID["grid"]["methods"] * len(GRID["grid"]["folds"])), (log, runs)
     assert {status for _, status, _ in runs} == {"FINISHED"}
     for run_id, _, _ in runs:
-        assert metric_steps(project, run_id) == [0, 1, 2, 3]
+        assert metric_steps(project, run_id) == list(range(EPOCHS))

@@ -166,6 +166,7 @@ def write_tables(
     paper_tables: Sequence[str] = (),
     prediction_paths: Iterable[str | Path] | None = None,
     variants: Mapping[str, str] | None = None,
+    tuning_best: Sequence[str | Path] = (),
 ) -> None:
     """Write runs.csv, summary.csv, paired_vs_joint.csv and summary.md to ``out_dir``, and the
     flat metrics for ``dvc metrics show`` to ``summary_json`` (kept apart from the tables
@@ -183,7 +184,17 @@ def write_tables(
     write_text_atomic(out_dir / "runs.csv", runs.to_csv(index=False))
     write_text_atomic(out_dir / "summary.csv", summary.to_csv(index=False))
     write_text_atomic(out_dir / "paired_vs_joint.csv", paired_vs_joint(runs).to_csv(index=False))
-    write_text_atomic(out_dir / "summary.md", summary_markdown(summary, protocol, variants))
+    markdown = summary_markdown(summary, protocol, variants)
+    if tuning_best:
+        from mmbalance.tuning import budget_table
+
+        budget = budget_table(list(tuning_best))
+        write_text_atomic(out_dir / "tuning_budget.csv", budget.to_csv(index=False))
+        same = "every study had the same budget" if budget["equal"].all() else "**the studies did NOT have the same budget**"
+        markdown += "\nTuning budget (" + same + "):\n\n" + "\n".join(
+            f"- {row.study}: {row.complete} of {row.trials} trials completed, {row.epochs_per_trial or 'recipe'} epochs each, "
+            f"best validation accuracy {100 * row.best_val_acc:.1f}" for row in budget.itertuples()) + "\n"
+    write_text_atomic(out_dir / "summary.md", markdown)
     write_text_atomic(summary_json, json.dumps(summary_metrics(summary), indent=2, allow_nan=False) + "\n")
     if published is not None:
         if paper_specs is None:

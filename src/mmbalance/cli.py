@@ -84,8 +84,34 @@ def cmd_train(args) -> None:
     from mmbalance.train import train
 
     torch.set_num_threads(args.threads)
-    summary = train(args.features, args.settings, args.out, args.checkpoint)
+    settings = args.settings
+    if args.tuned:  # a `tuned` cell: its study's best values over its settings
+        from mmbalance.tuning import apply_overrides, read_best
+
+        best = read_best(args.tuned)
+        logging.info("tuned settings from %s (trial %d of %s): %s", args.tuned, best["best_trial"], best["study"], best["values"])
+        settings = apply_overrides(settings, best["overrides"])
+    summary = train(args.features, settings, args.out, args.checkpoint)
     logging.info("done: %s", summary)
+
+
+def cmd_tune_trial(args) -> None:
+    import torch
+
+    from mmbalance.tuning import StudySpec, run_trial
+
+    torch.set_num_threads(args.threads)
+    record = run_trial(args.features, args.settings, StudySpec.from_dict(args.study), args.study_dir, args.job, args.out)
+    logging.info("trial record: %s", record)
+
+
+def cmd_tune_best(args) -> None:
+    from mmbalance.io import read_json
+    from mmbalance.tuning import StudySpec, write_best
+
+    records = [read_json(path) for path in args.trials]
+    best = write_best(records, StudySpec.from_dict(args.study), args.tuning, args.out_dir, args.tracking)
+    logging.info("best of %s: trial %d, validation accuracy %.4f, %s", best["study"], best["best_trial"], best["best_val_acc"], best["values"])
 
 
 def cmd_evaluate(args) -> None:
@@ -101,7 +127,8 @@ def cmd_aggregate(args) -> None:
     variants = dict(item.split("=", 1) for item in args.variants)
     write_tables(args.metrics, args.out_dir, args.method_order, args.protocol, args.summary_json,
                  published=args.published, prediction_paths=args.predictions, variants=variants,
-                 paper_specs=args.paper_specs, paper_tables=[key for key in args.paper_tables if key])
+                 paper_specs=args.paper_specs, paper_tables=[key for key in args.paper_tables if key],
+                 tuning_best=[path for path in args.tuning_best if str(path)])
 
 
 def cmd_figure_tables(args) -> None:
@@ -212,7 +239,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tuned", type=lambda text: Path(text) if text else None, default=None,
+                   help="best.json of the cell's tuning study (cells of the `tuned` variant)")
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("tune-trial", help="one trial of a tuning study: ask, train on train/val, tell")
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--settings", type=_json, required=True, help="the study's base cell settings (mmbalance.config.trial_settings)")
+    p.add_argument("--study", type=_json, required=True, help="name, trials, sampler, seed, pruner, space")
+    p.add_argument("--study-dir", type=Path, required=True)
+    p.add_argument("--job", type=int, required=True, help="the trial job's index (0 .. trials-1)")
+    p.add_argument("--out", type=Path, required=True, help="the trial's record (JSON)")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_tune_trial)
+
+    p = commands.add_parser("tune-best", help="a study's best trial: best.json, trials.csv, history.png")
+    p.add_argument("--trials", type=Path, nargs="+", required=True)
+    p.add_argument("--study", type=_json, required=True)
+    p.add_argument("--tuning", type=_json, required=True, help="the config's tuning block")
+    p.add_argument("--tracking", type=_json, default=None)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.set_defaults(func=cmd_tune_best)
 
     p = commands.add_parser("evaluate", help="test metrics of runs (one process for many: imports are slow)")
     p.add_argument("--predictions", type=Path, nargs="+", required=True, help="predictions.npz of each run (run.json beside it)")
@@ -230,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-specs", type=Path, help="the papers' table layouts (config/paper_tables.yaml)")
     p.add_argument("--paper-tables", nargs="*", default=[], help="keys of the paper tables to write under <out-dir>/papers/")
     p.add_argument("--variants", nargs="*", default=[], help="name=description of each variant, listed under the summary")
+    p.add_argument("--tuning-best", type=Path, nargs="*", default=[], help="best.json of every tuning study: the budget table")
     p.set_defaults(func=cmd_aggregate)
 
     p = commands.add_parser("figure-tables", help="accuracy, ECE, fusions and agreement figures (MLB Figs. 3-6)")

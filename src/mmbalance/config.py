@@ -37,6 +37,10 @@ from mmbalance.models.fusion import FUSIONS
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 GRID_AXES = ("datasets", "backbones", "fusions", "methods", "variants", "folds")
 DEFAULT_VARIANT = "default"
+# The variant whose settings are the best of an equal-budget study on validation (tuning.*),
+# read by the training job from results/.../tuning/<study>/best.json (mmbalance.tuning).
+TUNED_VARIANT = "tuned"
+RESERVED_VARIANTS = (DEFAULT_VARIANT, TUNED_VARIANT)
 # Per-job resources: one value for the whole grid (they size Snakemake/SLURM jobs), never overridden.
 RESOURCE_KEYS = ("device", "threads", "mem_mb", "runtime")
 # The training job is given the recipe without the scheduling-only keys.
@@ -113,6 +117,8 @@ def validate(config: dict) -> dict:
     """Check `config` against the schema and fill every default, in place; returns it."""
     if DEFAULT_VARIANT in (config.get("variants") or {}):
         raise ConfigError(f"config variants.{DEFAULT_VARIANT}: {DEFAULT_VARIANT!r} names the settings without overrides; call the variant otherwise")
+    if TUNED_VARIANT in (config.get("variants") or {}):
+        raise ConfigError(f"config variants.{TUNED_VARIANT}: {TUNED_VARIANT!r} names the settings found by the tuning studies (tuning.*); call the variant otherwise")
     _check(config, _schema(), "", fill_defaults=True)
     return config
 
@@ -170,6 +176,21 @@ def deep_merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else copy.deepcopy(value)
     return merged
+
+
+def _lookup(schema: dict, dotted: str) -> dict | None:
+    """The subschema of a dotted key (`optimizer.lr` of the train schema), or None."""
+    for part in dotted.split("."):
+        schema = schema.get("properties", {}).get(part)
+        if schema is None:
+            return None
+    return schema
+
+
+def set_dotted(settings: dict, dotted: str, value) -> dict:
+    """A copy of `settings` with the nested key `a.b.c` set to `value`."""
+    head, _, rest = dotted.partition(".")
+    return settings | {head: set_dotted(settings.get(head, {}), rest, value) if rest else value}
 
 
 @dataclass(frozen=True, order=True)
@@ -262,7 +283,7 @@ class Experiment:
         cells: dict[Cell, None] = {}
         for block in [main, *({**main, **block} for block in grid["blocks"])]:
             for variant in block["variants"]:
-                if variant != DEFAULT_VARIANT and variant not in self.config["variants"]:
+                if variant not in RESERVED_VARIANTS and variant not in self.config["variants"]:
                     raise ConfigError(f"config grid: variant {variant!r} is not defined under `variants` (defined: {sorted(self.config['variants'])})")
             for d in block["datasets"]:
                 for b in block["backbones"]:
@@ -316,24 +337,62 @@ class Experiment:
             _check(overrides, train_schema, f"{where}.train")
             for method, settings in block.get("methods", {}).items():
                 _check(settings, method_class(method).settings_schema(), f"{where}.methods.{method}")
+        for name, spec in self.config["tuning"]["recipe_space"].items():
+            if _lookup(train_schema, name) is None:
+                raise ConfigError(f"config tuning.recipe_space.{name}: not a key of train")
+            if spec["low"] > spec["high"] or (spec.get("log") and spec["low"] <= 0):
+                raise ConfigError(f"config tuning.recipe_space.{name}: the range [{spec['low']}, {spec['high']}] is empty or not positive on a log scale")
 
     def method_settings(self, dataset: str, method: str, variant: str = DEFAULT_VARIANT) -> dict:
+        """The settings before any tuning; a `tuned` cell's job merges its study's best over them."""
         settings = self.config["methods"][method]
         settings = deep_merge(settings, self.config["datasets"][dataset]["methods"].get(method, {}))
-        if variant != DEFAULT_VARIANT:
+        if variant not in RESERVED_VARIANTS:
             settings = deep_merge(settings, self.config["variants"][variant].get("methods", {}).get(method, {}))
         return settings
 
     def train_recipe(self, dataset: str, variant: str = DEFAULT_VARIANT) -> dict:
         recipe = deep_merge(self.config["train"], self.config["datasets"][dataset]["train"])
-        if variant != DEFAULT_VARIANT:
+        if variant not in RESERVED_VARIANTS:
             recipe = deep_merge(recipe, self.config["variants"][variant].get("train", {}))
         return recipe
 
     def variant_description(self, variant: str) -> str:
         if variant == DEFAULT_VARIANT:
             return "the config's settings"
+        if variant == TUNED_VARIANT:
+            return "the best settings of each study: " + self.tuning_protocol()
         return self.config["variants"][variant].get("description", "")
+
+    # --- tuning ----------------------------------------------------------------
+
+    def studies(self) -> list[tuple[str, str, str, str]]:
+        """(dataset, backbone, fusion, method) of every cell of the `tuned` variant: one study each."""
+        return list(dict.fromkeys((c.dataset, c.backbone, c.fusion, c.method) for c in self.cells if c.variant == TUNED_VARIANT))
+
+    def trial_settings(self, dataset: str, backbone: str, fusion: str, method: str) -> CellSettings:
+        """What every trial of the study starts from (the cell's settings on the tuning fold, the
+        tuning epochs); a trial merges its drawn values over them."""
+        tuning = self.config["tuning"]
+        settings = self.settings(Cell(dataset, backbone, fusion, method, TUNED_VARIANT, tuning["fold"]))
+        if tuning["epochs"] is not None:
+            settings.train["epochs"] = tuning["epochs"]
+        return settings
+
+    def search_space(self, method: str) -> dict:
+        """Every range a study of `method` draws from: `method.<setting>` from the method's
+        SEARCH_SPACE, `train.<key>` from tuning.recipe_space (the same for every method)."""
+        space = {f"method.{name}": {"log": False, "type": "float"} | spec for name, spec in method_class(method).SEARCH_SPACE.items()}
+        space |= {f"train.{name}": {"log": False, "type": "float"} | spec for name, spec in self.config["tuning"]["recipe_space"].items()}
+        return space
+
+    def tuning_protocol(self) -> str:
+        tuning = self.config["tuning"]
+        epochs = "the recipe's epochs" if tuning["epochs"] is None else f"{tuning['epochs']} epochs"
+        pruner = "" if tuning["pruner"] == "none" else f", {tuning['pruner']} pruning"
+        return (f"tuned: {tuning['trials']} trials per (dataset, backbone, fusion, method), {tuning['sampler'].upper()} sampler "
+                f"(seed {tuning['seed']}){pruner}, {epochs} each, selected on the validation split of fold {tuning['fold']}; "
+                "test never read while tuning")
 
     def settings(self, cell: Cell) -> CellSettings:
         recipe = self.train_recipe(cell.dataset, cell.variant)

@@ -166,21 +166,27 @@ def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, 
     return {key: total / count for key, total in sums.items()} | {"train_acc": correct / count, "nonfinite_steps": nonfinite}
 
 
-def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path) -> dict:
+def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path, tuning: dict | None = None) -> dict:
     """Train one grid cell; resumes from `checkpoint_path` when it holds a state of these
-    settings, and only rewrites the outputs when the cell already finished (`final.pt`)."""
+    settings, and only rewrites the outputs when the cell already finished (`final.pt`).
+
+    `tuning` makes it a trial of a study (mmbalance.tuning): {"study", "trial", "parent_run",
+    "report"}. Then only the training and validation splits are used (the test rows are not
+    even looked up), `report(epoch, val_acc)` is called after each epoch (it may stop the
+    trial), the MLflow run is nested under the study's, and only history.csv and run.json
+    are written."""
     out_dir, checkpoint_path = Path(out_dir), Path(checkpoint_path)
     cell = settings["cell"]
     run_name = "/".join(str(cell[k]) for k in ("dataset", "backbone", "fusion", "method", "variant")) + f"/fold{cell['fold']}"
     lock = checkpoint.CellLock(checkpoint_path.parent, run_name)  # before anything is read or written
     try:
         checkpoint.remove_stale_temporaries(checkpoint_path.parent, out_dir)
-        return _train(Path(features_dir), settings, out_dir, checkpoint_path, run_name)
+        return _train(Path(features_dir), settings, out_dir, checkpoint_path, run_name, tuning)
     finally:
         lock.release()
 
 
-def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path, run_name: str) -> dict:
+def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path, run_name: str, tuning: dict | None) -> dict:
     seed, recipe, cell = settings["seed"], settings["train"], settings["cell"]
     torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
     lease = select_device(recipe["device"])
@@ -192,13 +198,16 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
     tags = cell | {"seed": seed, "mlflow.source.git.commit": git_commit(), "data_hash": store.meta["data_hash"], "device": lease.describe(),
                    "settings_fingerprint": fingerprint}
     tags |= {f"recipe.{k}": v for k, v in store.meta["recipe"].items()} | {"protocol": store.meta.get("protocol", "")}
+    if tuning is not None:
+        tags |= {"study": tuning["study"], "trial": tuning["trial"], "kind": "trial", "mlflow.parentRunId": tuning["parent_run"]}
+    splits = ("train", "val") if tuning is not None else ("train", "val", "test")
     tracking = settings["tracking"]
     final_path = checkpoint_path.with_name("final.pt")
     # What a finished cell's outputs depend on: reused only when all of it is the same.
     final_key = {"settings": fingerprint, "code": checkpoint.code_fingerprint(), "data": store.meta["data_hash"], "device": device.type}
 
     try:
-        final = checkpoint.load(final_path, device)
+        final = checkpoint.load(final_path, device) if tuning is None else None
         if final is not None and final.get("key") == final_key:
             log.info("%s finished before (%s): rewriting its outputs, not training again", run_name, final_path)
             tracker = Tracker(tracking["uri"], tracking["experiment"], final["run_id"], run_name, tags, settings)
@@ -216,7 +225,7 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
         optimizer = build_optimizer(model.parameters(), recipe["optimizer"])
         scheduler = build_scheduler(optimizer, recipe["scheduler"])
         data_order = torch.Generator().manual_seed(seed)
-        rows = {split: store.split_rows(cell["fold"], split) for split in ("train", "val", "test")}
+        rows = {split: store.split_rows(cell["fold"], split) for split in splits}
         for split, members in rows.items():
             if len(members) == 0:
                 raise ValueError(f"fold {cell['fold']} has no {split} clips in {features_dir}")
@@ -252,8 +261,10 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
                                    recipe["on_nonfinite"], run_name)
             val_norms = {}
             val_probs = predict(model, store, rows["val"], recipe["eval_batch_size"], val_norms)
-            test_probs = predict(model, store, rows["test"], recipe["eval_batch_size"])
-            row |= accuracies(val_probs, labels[rows["val"].cpu()], "val") | accuracies(test_probs, labels[rows["test"].cpu()], "test")
+            row |= accuracies(val_probs, labels[rows["val"].cpu()], "val")
+            if "test" in rows:
+                test_probs = predict(model, store, rows["test"], recipe["eval_batch_size"])
+                row |= accuracies(test_probs, labels[rows["test"].cpu()], "test")
             if len(val_norms) > 1:  # a unimodal baseline has no heads to compare
                 row |= logit_norms_per_class(val_norms, labels[rows["val"].cpu()], store.meta["class_names"])
             context.metrics = row
@@ -261,7 +272,9 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
             scheduler.step()
             row["seconds"] = time.perf_counter() - began
             history.append(row)
-            if best is None or row["val_acc"] > best["val_acc"]:
+            if (best is None or row["val_acc"] > best["val_acc"]) and tuning is not None:
+                best = {"epoch": epoch, "val_acc": row["val_acc"]}  # a trial keeps no weights and sees no test
+            elif best is None or row["val_acc"] > best["val_acc"]:
                 best = {"epoch": epoch, "val_acc": row["val_acc"], "test_probs": {h: torch.from_numpy(p) for h, p in test_probs.items()},
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
@@ -272,6 +285,16 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
             }
             checkpoint.save(checkpoint_path, state)  # first the state, then the log: a kill in between is healed by log_history
             tracker.log_epoch({k: v for k, v in row.items() if k != "epoch"}, epoch)
+            if tuning is not None and tuning.get("report") is not None:
+                tuning["report"](epoch, row["val_acc"])  # may stop the trial (pruning)
+        if tuning is not None:
+            summary = {"cell": cell, "run_id": tracker.run_id, "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
+                       "epochs": len(history), "study": tuning["study"], "trial": tuning["trial"]}
+            write_text_atomic(out_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+            write_text_atomic(out_dir / "run.json", json.dumps(summary, indent=2))
+            tracker.finish("FINISHED")
+            checkpoint_path.unlink(missing_ok=True)
+            return summary
         # What the outputs are made of, kept so that a rerun of this finished cell only rewrites them.
         checkpoint.save(final_path, {"key": final_key, "history": history, "best": best, "run_id": tracker.run_id})
         summary = write_outputs(out_dir, store, rows["test"], history, best, tracker.run_id, lease.describe(), cell)

@@ -3,6 +3,7 @@
 # this file only turns what it resolved into rule inputs and params.
 
 import json
+import shlex
 from pathlib import Path
 
 from mmbalance.config import Experiment, check_config_files, validate
@@ -39,6 +40,7 @@ wildcard_constraints:
     method="[a-z0-9_]+",
     variant="[a-z0-9][a-z0-9_-]*",
     fold=r"\d+",
+    job=r"\d+",
 
 
 # Tables written by the aggregate rule, and figures by the figure rules.
@@ -57,11 +59,40 @@ def panels():
     return [dict(dataset=d, backbone=b, fusion=f) for d, b, f in EXPERIMENT.panels()]
 
 
+def study_path(dataset, backbone, fusion, method):
+    return f"{OUT}/tuning/{dataset}/{backbone}/{fusion}/{method}"
+
+
+def study_spec(wildcards):
+    """The study of a (dataset, backbone, fusion, method): its name, budget, sampler and ranges."""
+    tuning = config["tuning"]
+    name = f"{wildcards.dataset}/{wildcards.backbone}/{wildcards.fusion}/{wildcards.method}"
+    return json.dumps({"name": name, "trials": tuning["trials"], "sampler": tuning["sampler"], "seed": tuning["seed"],
+                       "pruner": tuning["pruner"], "space": EXPERIMENT.search_space(wildcards.method)}, sort_keys=True)
+
+
+def study_trials(wildcards):
+    return [f"{study_path(wildcards.dataset, wildcards.backbone, wildcards.fusion, wildcards.method)}/trial{k}.json"
+            for k in range(config["tuning"]["trials"])]
+
+
+def all_best():
+    return [f"{study_path(*study)}/best.json" for study in EXPERIMENT.studies()]
+
+
+def tuned_best(wildcards):
+    """A `tuned` cell's study result (an input: the cell trains again when it changes); nothing otherwise."""
+    if wildcards.variant != "tuned":
+        return []
+    return [f"{study_path(wildcards.dataset, wildcards.backbone, wildcards.fusion, wildcards.method)}/best.json"]
+
+
 def final_outputs():
     return (
         [f"{OUT}/tables/{name}" for name in TABLES]
         + [f"{OUT}/tables/papers/{key}.{ext}" for key in PAPER_TABLES for ext in ("md", "csv")]
         + [f"{OUT}/summary.json"]
+        + all_best()
         + [f"{OUT}/figures/{name}.png" for name in TABLE_FIGURES]
         + [f"{OUT}/figures/{PANEL.format(**p)}/{name}.png" for p in panels() for name in TRAINING_FIGURES]
     )
@@ -196,4 +227,6 @@ def protocol():
                 f"; conformer: frozen wav2vec2 CNN ({c['audio']['bundle']}, {c['audio']['weights']} weights) on 16 kHz audio, "
                 f"EfficientNet-B2 ({c['video']['weights']} weights) on whole {c['video']['frame_size']} px frames"
             )
+    if EXPERIMENT.studies():
+        parts.append(EXPERIMENT.tuning_protocol())
     return " | ".join(parts)

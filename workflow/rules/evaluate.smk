@@ -32,6 +32,7 @@ rule aggregate:
         predictions=all_predictions,
         published=shipped_or("published", "published.csv"),
         specs=shipped_or("paper_specs", "paper_tables.yaml"),
+        tuning=all_best(),
         code=[PACKAGE / "aggregate.py", PACKAGE / "agreement.py", PACKAGE / "papers.py"],
     output:
         runs=f"{OUT}/tables/runs.csv",
@@ -44,6 +45,7 @@ rule aggregate:
         agreement_summary=f"{OUT}/tables/agreement_summary.csv",
         metrics=f"{OUT}/summary.json",
         papers=[f"{OUT}/tables/papers/{key}.md" for key in PAPER_TABLES],
+        budget=[f"{OUT}/tables/tuning_budget.csv"] if EXPERIMENT.studies() else [],
         paper_csvs=[report(f"{OUT}/tables/papers/{key}.csv", caption="../report/paper_table.rst", category="Paper tables") for key in PAPER_TABLES],
     params:
         methods=EXPERIMENT.methods,
@@ -64,4 +66,4 @@ rule aggregate:
         "python -m mmbalance aggregate --metrics {input.metrics:q} --predictions {input.predictions:q} "
         "--published {input.published:q} --paper-specs {input.specs:q} --paper-tables {params.paper_tables:q} "
         "--out-dir {params.out_dir:q} --summary-json {output.metrics:q} --method-order {params.methods:q} "
-        "--variants {params.variants:q} --protocol {params.protocol:q} > {log:q} 2>&1"
+        "--variants {params.variants:q} --tuning-best {input.tuning:q} --protocol {params.protocol:q} > {log:q} 2>&1"

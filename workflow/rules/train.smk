@@ -6,6 +6,7 @@ rule train:
     input:
         features=feature_files,
         tracking=TRACKING_SENTINEL,
+        tuned=tuned_best,
     output:
         history=f"{OUT}/runs/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}/history.csv",
         predictions=f"{OUT}/runs/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}/predictions.npz",
@@ -16,6 +17,8 @@ rule train:
         features=features_dir,
         out=run_dir,
         checkpoint=checkpoint_path,
+        # "--tuned <best.json>" for a cell of the `tuned` variant, nothing otherwise.
+        tuned=lambda wildcards, input: f"--tuned {shlex.quote(input.tuned[0])}" if input.tuned else "",
     log:
         f"{LOGS}/train/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}.log",
     benchmark:
@@ -29,4 +32,4 @@ rule train:
         "../envs/mmbalance.yaml"
     shell:
         "python -m mmbalance train --features {params.features:q} --settings {params.settings:q} "
-        "--out {params.out:q} --checkpoint {params.checkpoint:q} --threads {threads} > {log:q} 2>&1"
+        "--out {params.out:q} --checkpoint {params.checkpoint:q} {params.tuned} --threads {threads} > {log:q} 2>&1"

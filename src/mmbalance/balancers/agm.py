@@ -120,6 +120,7 @@ class AGM(Balancer):
                            "null turns clipping off.", "type": ["number", "null"], "default": 1.0},
         "clip_max_norm": {"description": "Global norm the clipping scales to (official: 1.0).", "type": "number", "exclusiveMinimum": 0, "default": 1.0},
     }
+    SEARCH_SPACE = {"alpha": {"low": 0.1, "high": 3.0, "log": True, "source": "0.1 (BalanceBenchmark) to 3.0 (MLB run.sh); the authors use 1.5 on CREMA-D"}}
 
     def setup(self, model):
         if len(model.modalities) < 2:

@@ -58,6 +58,9 @@ class Balancer:
     DESCRIPTION: ClassVar[str] = "Cross-entropy on the fused logits; unimodal accuracy from probes."
     #: JSON-schema `properties` of the method's settings (see the helpers below).
     SETTINGS: ClassVar[dict] = {}
+    #: The ranges the equal-budget search (`tune` stage) draws settings from: name (a key of
+    #: SETTINGS, dotted for nested keys) -> {low, high, log, type, source}.
+    SEARCH_SPACE: ClassVar[dict] = {}
     #: Printed with an incompatibility, to say how to make the cell possible.
     NEEDS_HINT: ClassVar[str] = ""
     #: Restrict the model to these modalities (unimodal baselines); None = all.

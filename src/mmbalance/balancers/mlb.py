@@ -39,6 +39,10 @@ class MLB(Balancer):
         "parameter_policy": parameter_policy("encoder_head_fusion_block"),
         "weights": UNIMODAL_WEIGHTS,
     }
+    SEARCH_SPACE = {
+        "alpha": {"low": 0.1, "high": 5.0, "log": True, "source": "MLB run.sh (kkontras/MLB): 0.5 to 5 across datasets and backbones"},
+        "beta_max": {"low": 1.5, "high": 20.0, "log": True, "source": "MLB run.sh: beta_max 2 to 20 in the fusion ablation"},
+    }
     trains_unimodal_heads = True
 
     def setup(self, model):

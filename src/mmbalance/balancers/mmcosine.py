@@ -48,6 +48,7 @@ class MMCosine(Balancer):
     DESCRIPTION = "Cosine logits with scaling s replace the linear fusion (official GeWu-Lab/MMCosine_ICASSP23)."
     SETTINGS = {"scale": {"description": "Scaling s of the cosine logits (official README: 10; BalanceBenchmark 15).",
                           "type": "number", "exclusiveMinimum": 0, "default": 10}}
+    SEARCH_SPACE = {"scale": {"low": 1.0, "high": 20.0, "log": True, "source": "1 and 8 (MLB scripts), 10 (official README), 15 (BalanceBenchmark)"}}
     NEEDS_HINT = "it replaces one linear classifier block per modality, which only a linear fusion has"
 
     @classmethod

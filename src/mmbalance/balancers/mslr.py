@@ -44,6 +44,11 @@ class MSLR(Balancer):
                    "type": "integer", "minimum": 1, "default": 5},
         "parameter_policy": parameter_policy("encoder_fusion_block"),
     }
+    SEARCH_SPACE = {
+        "initial_rates.audio": {"low": 0.5, "high": 1.5, "source": "0.7 (MLB run.sh) to 0.9 (AGM repository) around 1"},
+        "initial_rates.video": {"low": 0.5, "high": 1.5, "source": "1.1 (AGM repository) to 1.3 (MLB run.sh) around 1"},
+        "memory": {"low": 2, "high": 20, "type": "int", "source": "5 (AGM repository) to 20 (MLB run.sh)"},
+    }
 
     def setup(self, model):
         self.groups = model.parameter_groups(self.settings["parameter_policy"])

@@ -58,6 +58,7 @@ class OGM(Balancer):
                          "modality's head (MLB repository, for non-linear fusions).",
                          "type": "string", "enum": ["decomposition", "heads"], "default": "decomposition"},
     }
+    SEARCH_SPACE = {"alpha": {"low": 0.0, "high": 1.0, "source": "OGM-GE paper, section 4.2: alpha is chosen from [0, 1] on validation"}}
     NEEDS_HINT = "set score_source: heads to score each modality by its head instead"
     add_noise = False
 

@@ -86,6 +86,7 @@ class OLM(Balancer):
                        "released code pairs every training step with one validation batch, not implemented).",
                        "type": "string", "enum": ["per_epoch"], "default": "per_epoch"},
     }
+    SEARCH_SPACE = {"coefficient_lr": {"low": 1e-4, "high": 1e-2, "log": True, "source": "a decade either side of the released scripts' 1e-3"}}
     trains_unimodal_heads = True
 
     def setup(self, model):

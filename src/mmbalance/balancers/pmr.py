@@ -104,6 +104,7 @@ class PMR(Balancer):
         "feature_norm": {"description": "none (official) or l2: normalise features before prototypes and distances (our robustness option).",
                          "type": "string", "enum": ["none", "l2"], "default": "none"},
     }
+    SEARCH_SPACE = {"alpha": {"low": 0.1, "high": 3.0, "log": True, "source": "0.6 (BalanceBenchmark) to 3.0 (official FiLM scripts, MLB's UCF101 config)"}}
 
     def __init__(self, settings):
         super().__init__(settings)

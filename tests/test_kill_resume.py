@@ -31,10 +31,10 @@ from conftest import ROOT, TINY_PREPROCESSING
 
 pytestmark = pytest.mark.slow
 
-# MMBALANCE_KILL_GRID=large: 12 cells of 8 epochs and the papers' ResNet width (checkpoints of about
+# MMBALANCE_KILL_GRID=large: 12 cells of 20 epochs and the papers' ResNet width (checkpoints of about
 # 130 MB that take long enough to write to be caught mid-write), for many kills.
 LARGE = os.environ.get("MMBALANCE_KILL_GRID") == "large"
-EPOCHS = 8 if LARGE else 6
+EPOCHS = 20 if LARGE else 6
 GRID = {
     "grid": {"methods": ["audio_only", "joint", "mlb", "ogm_ge"], "folds": [1, 2, 3] if LARGE else [2]},
     "datasets": {"synthetic_cremad": {"generator": {"actors": 6, "sentences": 1, "video_width": 64, "video_height": 48},
@@ -98,30 +98,39 @@ def wait_for_orphans(project: Path, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
+def writing_checkpoint(pids: list[int]) -> list[int]:
+    """The jobs that have a checkpoint's temporary file open (they are in the middle of writing it)."""
+    writing = []
+    for pid in pids:
+        try:
+            targets = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        if any(".pt." in target and target.endswith(".tmp") for target in targets):
+            writing.append(pid)
+    return writing
+
+
 def wait_for_victim(project: Path, process, kind: str, chance: random.Random) -> tuple[list[int], str]:
     """Wait for the moment of a `kind` kill; returns the pids to kill (none: kill Snakemake) and what they are."""
-    if kind in ("job", "snakemake"):
-        if kind == "job":  # wait for training to start (the first attempt generates and decodes the data first)
-            deadline = time.monotonic() + 120
-            while not train_processes(project) and time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.1)
-        deadline = time.monotonic() + chance.uniform(1, 10)
+    deadline = time.monotonic() + 120  # the first attempt generates and decodes the data before any training
+    while not train_processes(project) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    if kind == "job_at_start":
+        return train_processes(project), "the training jobs as they started (before their first checkpoint)"
+    if kind == "job_writing_checkpoint":
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.1)
-        jobs = train_processes(project)
-        if kind == "job" and jobs:
-            return [chance.choice(jobs)], "a training job at a random moment"
-        return [], "Snakemake at a random moment (its jobs orphaned)"
-    deadline = time.monotonic() + 60
+            writing = writing_checkpoint(train_processes(project))
+            if writing:
+                return train_processes(project), "the training jobs while one wrote a checkpoint"
+        return train_processes(project), "the training jobs (no checkpoint write caught within 30 s)"
+    deadline = time.monotonic() + chance.uniform(1, 8)
     while time.monotonic() < deadline and process.poll() is None:
-        jobs = train_processes(project)
-        if kind == "job_at_start" and jobs:
-            return jobs[:1], "a training job as it started (before its first checkpoint)"
-        if kind == "job_writing_checkpoint" and jobs and list((project / "results" / "checkpoints").rglob(".*.pt.*.tmp")):
-            return jobs, "the training jobs while a checkpoint was being written"
-        time.sleep(0.002)
-    jobs = train_processes(project)
-    return (jobs[:1], f"a training job ({kind} not caught in time)") if jobs else ([], "Snakemake (no job to kill)")
+        time.sleep(0.1)
+    if kind == "job":
+        return train_processes(project), "every training job at a random moment"
+    return [], "Snakemake at a random moment (its jobs orphaned)"
 
 
 def results(project: Path) -> dict[str, dict]:

@@ -4,6 +4,7 @@ trial job whatever is killed, concurrent jobs on one study, the best settings fe
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,6 +96,7 @@ def test_two_concurrent_trial_jobs_record_both_trials(tiny_store, trial_settings
     assert all(job.returncode == 0 for job in jobs), outputs
     trials = open_study(spec(), study_dir).get_trials()
     assert sorted((t.state.name, t.user_attrs["job"]) for t in trials) == [("COMPLETE", 0), ("COMPLETE", 1)]
+    assert trials[0].params != trials[1].params  # each job's sampler has its own seed
     assert {json.loads((tmp_path / f"trial{j}.json").read_text())["job"] for j in (0, 1)} == {0, 1}
 
 
@@ -147,6 +149,7 @@ def test_the_tuning_stage_survives_a_kill_and_feeds_the_tuned_cells(tmp_path):
         trials = open_study(StudySpec(f"synthetic_cremad/resnet18/late_linear/{method}", 2, "random", 0, "none", {}), studies / method).get_trials()
         complete = [t for t in trials if t.state.name == "COMPLETE"]
         assert sorted(t.user_attrs["job"] for t in complete) == [0, 1], [(t.number, t.state.name, t.user_attrs) for t in trials]
+        assert complete[0].params != complete[1].params
         best = json.loads((studies / method / "best.json").read_text())
         assert best["budget"]["trials"] == 2 and best["budget"]["epochs_per_trial"] == 1
     log = (tmp_path / "logs" / "tuned" / "train" / "synthetic_cremad" / "resnet18" / "late_linear" / "mlb" / "tuned" / "fold2.log").read_text()
@@ -155,3 +158,20 @@ def test_the_tuning_stage_survives_a_kill_and_feeds_the_tuned_cells(tmp_path):
     assert "tuned: 2 trials per (dataset, backbone, fusion, method), RANDOM sampler (seed 0), 1 epochs each" in summary.splitlines()[0]
     assert "every study had the same budget" in summary
     assert "| mlb | tuned |" in summary
+
+
+def test_a_study_started_afresh_gets_its_own_mlflow_run(tiny_store, trial_settings, tracking, tmp_path):
+    """The study's run id lives in the study's journal: deleting the study (to search again)
+    must not reuse the old run, whose best values were already recorded."""
+    from mlflow.tracking import MlflowClient
+
+    study_dir = tmp_path / "study"
+    for attempt in range(2):
+        shutil.rmtree(study_dir, ignore_errors=True)
+        record = run_trial(tiny_store, trial_settings(), spec(trials=1), study_dir, 0, tmp_path / "trial0.json")
+        write_best([record], spec(trials=1), {"epochs": 1, "fold": 1}, study_dir, tracking)
+        write_best([record], spec(trials=1), {"epochs": 1, "fold": 1}, study_dir, tracking)  # again: no "changing param" error
+    client = MlflowClient(tracking["uri"])
+    experiment = client.get_experiment_by_name(tracking["experiment"]).experiment_id
+    studies = client.search_runs([experiment], filter_string=f"tags.kind = 'study' and tags.study = '{spec().name}'")
+    assert len(studies) == 2 and {r.info.status for r in studies} == {"FINISHED"}

@@ -53,14 +53,17 @@ class StudySpec:
         return cls(**spec)
 
 
-def open_study(spec: StudySpec, study_dir: Path):
+def open_study(spec: StudySpec, study_dir: Path, job: int = 0):
+    """The study in its journal file. Every trial job is its own process with its own sampler:
+    seeded by (tuning.seed, job), or each job would draw the same first point."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
     study_dir.mkdir(parents=True, exist_ok=True)
     path = str(study_dir / JOURNAL)
     storage = JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    sampler = optuna.samplers.TPESampler(seed=spec.seed) if spec.sampler == "tpe" else optuna.samplers.RandomSampler(seed=spec.seed)
+    seed = spec.seed * 100_003 + job
+    sampler = optuna.samplers.TPESampler(seed=seed) if spec.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if spec.pruner == "median" else optuna.pruners.NopPruner()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True)
@@ -114,7 +117,7 @@ def run_trial(features: Path, settings: dict, spec: StudySpec, study_dir: Path, 
     from mmbalance.train import train
 
     with _study_lock(study_dir):  # one job at a time looks for, fails and asks trials (the training runs outside)
-        study = open_study(spec, study_dir)
+        study = open_study(spec, study_dir, job)
         mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("job") == job]
         finished = [t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         if finished:
@@ -126,6 +129,7 @@ def run_trial(features: Path, settings: dict, spec: StudySpec, study_dir: Path, 
         trial = study.ask()
         trial.set_user_attr("job", job)
         values = draw(trial, spec.space)
+        parent_run = study_run(study, settings["tracking"], spec.name)
     log.info("trial %d of %s: %s", trial.number, spec.name, values)
     trial_settings = apply_overrides(settings, as_overrides(values))
     trial_settings["cell"] = trial_settings["cell"] | {"variant": f"trial{job}"}
@@ -133,7 +137,7 @@ def run_trial(features: Path, settings: dict, spec: StudySpec, study_dir: Path, 
     try:
         summary = train(features, trial_settings, run_dir, run_dir / "checkpoint" / "last.pt",
                         tuning={"study": spec.name, "trial": trial.number, "report": Pruning(trial) if spec.pruner != "none" else None,
-                                "parent_run": study_run(settings["tracking"], spec.name, study_dir)})
+                                "parent_run": parent_run})
     except optuna.TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
     except BaseException:
@@ -165,17 +169,26 @@ class _study_lock:
         self.handle.close()
 
 
-def study_run(tracking: dict, name: str, study_dir: Path) -> str:
-    """The study's MLflow run (created once; every trial's run is nested under it)."""
+def study_run(study, tracking: dict, name: str) -> str:
+    """The study's MLflow run, every trial's run nested under it. Its id is kept in the study
+    itself (a user attribute in the journal), so a study started afresh gets a run of its own.
+    Call with the study lock held."""
+    from mlflow.exceptions import MlflowException
+
     from mmbalance.tracking import _client, experiment_id
 
-    with _study_lock(study_dir):
-        client = _client(tracking["uri"])
-        experiment = experiment_id(client, tracking["uri"], tracking["experiment"])
-        found = client.search_runs([experiment], filter_string=f"tags.study = '{name}' and tags.kind = 'study'")
-        if found:
-            return found[0].info.run_id
-        return client.create_run(experiment, run_name=f"study {name}", tags={"study": name, "kind": "study"}).info.run_id
+    client = _client(tracking["uri"])
+    run_id = study.user_attrs.get("mlflow_run")
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+            return run_id
+        except MlflowException:
+            log.warning("the MLflow run %s of study %s is gone (a new store?): creating another", run_id, name)
+    experiment = experiment_id(client, tracking["uri"], tracking["experiment"])
+    run_id = client.create_run(experiment, run_name=f"study {name}", tags={"study": name, "kind": "study"}).info.run_id
+    study.set_user_attr("mlflow_run", run_id)
+    return run_id
 
 
 def write_best(records: list[dict], spec: StudySpec, tuning: dict, out_dir: Path, tracking: dict | None = None) -> dict:
@@ -200,14 +213,16 @@ def write_best(records: list[dict], spec: StudySpec, tuning: dict, out_dir: Path
     write_text_atomic(out_dir / "best.json", json.dumps(result, indent=2))
     _plot_history(table, spec.name, out_dir / "history.png")
     if tracking is not None:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, RunTag
 
         from mmbalance.tracking import _client
 
         client = _client(tracking["uri"])
-        run_id = study_run(tracking, spec.name, out_dir)
-        client.log_batch(run_id, params=[Param(f"best.{k}", str(v)) for k, v in values.items()],
-                         metrics=[Metric("best_val_acc", result["best_val_acc"], 0, 0)])
+        with _study_lock(out_dir):
+            run_id = study_run(open_study(spec, out_dir), tracking, spec.name)
+        # Tags, not params: a study given more trials later may change its best.
+        client.log_batch(run_id, tags=[RunTag(f"best.{k}", str(v)) for k, v in values.items()] + [RunTag("best_trial", str(result["best_trial"]))],
+                         metrics=[Metric("best_val_acc", result["best_val_acc"], 0, len(table))])
         client.set_terminated(run_id, "FINISHED")
     return result
 

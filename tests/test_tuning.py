@@ -166,12 +166,13 @@ def test_a_study_started_afresh_gets_its_own_mlflow_run(tiny_store, trial_settin
     from mlflow.tracking import MlflowClient
 
     study_dir = tmp_path / "study"
+    study = spec(name="afresh/study", trials=1)  # a name no other test's study (same tracking store) has
     for attempt in range(2):
         shutil.rmtree(study_dir, ignore_errors=True)
-        record = run_trial(tiny_store, trial_settings(), spec(trials=1), study_dir, 0, tmp_path / "trial0.json")
-        write_best([record], spec(trials=1), {"epochs": 1, "fold": 1}, study_dir, tracking)
-        write_best([record], spec(trials=1), {"epochs": 1, "fold": 1}, study_dir, tracking)  # again: no "changing param" error
+        record = run_trial(tiny_store, trial_settings(), study, study_dir, 0, tmp_path / "trial0.json")
+        write_best([record], study, {"epochs": 1, "fold": 1}, study_dir, tracking)
+        write_best([record], study, {"epochs": 1, "fold": 1}, study_dir, tracking)  # again: no "changing param" error
     client = MlflowClient(tracking["uri"])
     experiment = client.get_experiment_by_name(tracking["experiment"]).experiment_id
-    studies = client.search_runs([experiment], filter_string=f"tags.kind = 'study' and tags.study = '{spec().name}'")
+    studies = client.search_runs([experiment], filter_string="tags.kind = 'study' and tags.study = 'afresh/study'")
     assert len(studies) == 2 and {r.info.status for r in studies} == {"FINISHED"}

@@ -1,4 +1,4 @@
-"""AGM, Adaptive Gradient Modulation (Li et al., ICCV 2023; METHODS.md 4.7).
+"""AGM, Adaptive Gradient Modulation (Li et al., ICCV 2023; official code lihongcs/AGM).
 
 F(S) are the fused logits with the modalities outside S replaced by zero
 tensors (the encoders still run on the zeros), F(empty) := 0. Modality m's

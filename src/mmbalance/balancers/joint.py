@@ -1,4 +1,4 @@
-"""Joint training: cross-entropy on the fused logits only (METHODS.md 4.1).
+"""Joint training: cross-entropy on the fused logits only (the baseline of every paper).
 
 Everything is inherited: the base balancer is the Joint baseline. Its unimodal
 accuracies come from probe heads on detached features.

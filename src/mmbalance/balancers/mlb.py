@@ -1,4 +1,4 @@
-"""MLB, Multi-Loss Balanced (Kontras et al.; METHODS.md 4.4).
+"""MLB, Multi-Loss Balanced (Kontras et al., BMVC 2024; official code kkontras/MLB).
 
 The Multi-Loss objective, plus after backward: with s_i the batch-mean
 true-class confidence of modality i's head,

@@ -1,4 +1,4 @@
-"""MMCosine (Xu et al., ICASSP 2023; METHODS.md 4.10).
+"""MMCosine (Xu et al., ICASSP 2023; official code GeWu-Lab/MMCosine_ICASSP23).
 
 The linear fusion's logits are replaced by scaled cosine similarities: with
 W_m the fusion block of modality m (one row w_{m,k} per class),

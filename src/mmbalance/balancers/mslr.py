@@ -1,4 +1,4 @@
-"""MSLR, Modality-Specific Learning Rates (Yao & Mihalcea; METHODS.md 4.9).
+"""MSLR, Modality-Specific Learning Rates (Yao & Mihalcea, Findings of ACL 2022).
 
 The "dynamic" strategy of the two public re-implementations (no author code
 was found): modality m starts from a relative rate c_m^0. After each epoch's
@@ -10,7 +10,7 @@ of its last K accuracies,
 
 and the memory is updated after the ratio is computed. Every gradient of
 modality m's parameters is multiplied by c_m after backward, which is a
-per-modality learning rate under SGD (METHODS.md 0.3 on Adam). The loss is
+per-modality learning rate under SGD (under Adam the scaling mostly cancels out in the normalised update). The loss is
 the fused cross-entropy only.
 
 Deviations, stated: a_m comes from the validation split (the AGM repository

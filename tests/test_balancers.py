@@ -15,6 +15,7 @@ from mmbalance.balancers.mslr import mslr_ratio
 from mmbalance.balancers.multi_loss import multi_loss
 from mmbalance.balancers.ogm import OGMGE, generalization_enhancement, ogm_coefficients
 from mmbalance.models.multimodal import ModelOutput, build_model
+from mmbalance.step import training_step
 
 
 # METHODS.md 4.4: 2 samples, 3 classes, labels [0, 2].
@@ -253,12 +254,7 @@ def test_coefficients_of_one_give_the_unmodulated_update(monkeypatch, method, se
         model = tiny_model(heads_are_probes=not balancer.trains_unimodal_heads)
         balancer.setup(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        inputs, labels = tiny_batch()
-        out = balancer.forward(model, inputs, labels, 0)
-        objective, _ = balancer.loss(out, labels, 0)
-        (objective + out.probe_loss(labels)).backward()
-        balancer.after_backward(model, out, labels, 0)
-        optimizer.step()
+        training_step(model, balancer, optimizer, *tiny_batch(), 0)
         return [p.detach().clone() for p in model.parameters()]
 
     reference_settings = {"weights": {}} if reference == "multi_loss" else {}

@@ -18,10 +18,11 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 
+from mmbalance.balancers import build_balancer
 from mmbalance.config import deep_merge, validate
 from mmbalance.models.multimodal import build_model
+from mmbalance.step import training_step
 
 PAPER_INPUTS = {
     "resnet18": {"audio": (257, 188), "video": (3, 3, 224, 224)},
@@ -49,19 +50,14 @@ def time_training_step(backbone: str, fusion: str, batch_size: int, device: str,
     torch.manual_seed(0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    balancer = build_balancer("joint", {})
     model = build_model(["audio", "video"], BACKBONES[backbone], fusion, 6, heads_are_probes=True).to(device)
+    balancer.setup(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     inputs = {m: torch.randn(batch_size, *shape, device=device) for m, shape in PAPER_INPUTS[backbone].items()}
     labels = torch.randint(0, 6, (batch_size,), device=device)
-
-    def step():
-        out = model(inputs)
-        loss = F.cross_entropy(out.fused, labels) + out.probe_loss(labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    seconds = _timed(step, steps, warmup, device)
+    model.train()
+    seconds = _timed(lambda: training_step(model, balancer, optimizer, inputs, labels, epoch=0), steps, warmup, device)
     result = {"backbone": backbone, "fusion": fusion, "batch": batch_size, "device": device,
               "ms_per_step": 1000 * seconds, "samples_per_s": batch_size / seconds,
               "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}

@@ -40,6 +40,7 @@ from mmbalance.data.features import FeatureStore
 from mmbalance.devices import select_device
 from mmbalance.io import write_atomic, write_text_atomic
 from mmbalance.models.multimodal import build_model
+from mmbalance.step import NonFiniteLoss, training_step
 from mmbalance.tracking import Tracker, git_commit
 
 log = logging.getLogger(__name__)
@@ -143,24 +144,20 @@ def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, 
     for step, start in enumerate(range(0, len(order), batch_size)):
         batch = order[start : start + batch_size]
         labels = store.labels[batch]
-        out = balancer.forward(model, store.inputs(batch, model.modalities), labels, epoch)
-        objective, logs = balancer.loss(out, labels, epoch)
-        if not math.isfinite(loss := objective.item()):
-            if on_nonfinite == "stop":
-                raise NonFiniteLossError(
-                    f"cell {cell}: the training loss is {loss} at epoch {epoch}, step {step}; the run diverged "
-                    "(lower train.optimizer.lr, or set train.on_nonfinite: continue to keep training and mark the run)"
-                )
-            nonfinite += 1
-        optimizer.zero_grad(set_to_none=True)
-        (objective + out.probe_loss(labels)).backward()
-        logs |= balancer.after_backward(model, out, labels, epoch)
-        optimizer.step()
-        logs |= dominance_ratios(out.unimodal, labels)
+        try:
+            result = training_step(model, balancer, optimizer, store.inputs(batch, model.modalities), labels, epoch,
+                                   stop_on_nonfinite=on_nonfinite == "stop")
+        except NonFiniteLoss as error:
+            raise NonFiniteLossError(
+                f"cell {cell}: the training loss is {error.args[0]} at epoch {epoch}, step {step}; the run diverged "
+                "(lower train.optimizer.lr, or set train.on_nonfinite: continue to keep training and mark the run)"
+            ) from None
+        nonfinite += not math.isfinite(result.loss)
+        logs = result.logs | dominance_ratios(result.out.unimodal, labels)
         n = len(batch)
         count += n
-        correct += int((out.fused.argmax(1) == labels).sum())
-        sums["train_loss"] += objective.item() * n
+        correct += int((result.out.fused.argmax(1) == labels).sum())
+        sums["train_loss"] += result.loss * n
         for key, value in logs.items():
             sums[f"balance/{key}"] += value * n
     return {key: total / count for key, total in sums.items()} | {"train_acc": correct / count, "nonfinite_steps": nonfinite}

@@ -1,4 +1,4 @@
-"""AGM against values computed by hand (METHODS.md 4.7, 9)."""
+"""AGM (Li et al., ICCV 2023; reference code Lingy12/AGM_ICCV2023) against values computed by hand."""
 
 import copy
 import math
@@ -22,7 +22,7 @@ def settings(**overrides):
 
 
 def test_worked_example():
-    # METHODS.md 4.7: 2 samples, 3 classes, labels [0, 2].
+    # A hand-worked example: 2 samples, 3 classes, labels [0, 2].
     labels = torch.tensor([0, 2])
     outputs = {
         AV: torch.tensor([[2.0, 0, 0], [0, 0.5, 1.5]]),

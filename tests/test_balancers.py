@@ -1,4 +1,4 @@
-"""Each method's equations against values computed by hand (METHODS.md 4.x, 9)."""
+"""Each method's equations against values computed by hand (each method's module docstring gives its source)."""
 
 import math
 
@@ -18,7 +18,7 @@ from mmbalance.models.multimodal import ModelOutput, build_model
 from mmbalance.step import training_step
 
 
-# METHODS.md 4.4: 2 samples, 3 classes, labels [0, 2].
+# A hand-worked example: 2 samples, 3 classes, labels [0, 2].
 LABELS = torch.tensor([0, 2])
 AUDIO = torch.tensor([[2.0, 0, 0], [0, 0, 2.0]])
 VIDEO = torch.tensor([[0.0, 0, 0], [1.0, 0, 0]])

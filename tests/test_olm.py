@@ -1,4 +1,4 @@
-"""OLM (METHODS.md 4.6, 9) against values computed by hand."""
+"""OLM (Zong et al., IJCAI 2024) against values computed by hand."""
 
 import copy
 
@@ -11,7 +11,7 @@ from mmbalance.balancers.olm import OLM, generalization_rates, loss_ratio_rates,
 from mmbalance.models.multimodal import ModelOutput, build_model
 
 SETTINGS = {"coefficient_lr": 1e-3, "rule": "generalization", "reduction": "sum"}
-# METHODS.md 4.6, order (v, a, fused).
+# A hand-worked example, order (v, a, fused).
 REF = torch.full((3,), 1.8, dtype=torch.float64)
 TRAIN_NOW = torch.tensor([1.2, 0.4, 0.3], dtype=torch.float64)
 VAL_NOW = torch.tensor([1.4, 1.0, 0.9], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""PMR against values computed by hand (METHODS.md 4.8, 9)."""
+"""PMR (Fan et al., CVPR 2023) against values computed by hand."""
 
 import math
 
@@ -14,7 +14,7 @@ from mmbalance.models.multimodal import ModelOutput, build_model
 
 SETTINGS = {"alpha": 2.0, "momentum": 0.0, "subset_fraction": 0.1, "start_epoch": 0, "end_epoch": 70, "feature_norm": "none"}
 
-# METHODS.md 4.8: 3 classes, labels [0, 1], the same prototypes for both modalities.
+# A hand-worked example: 3 classes, labels [0, 1], the same prototypes for both modalities.
 PROTOS = torch.tensor([[1.0, 0], [0, 1], [1, 1]], dtype=torch.float64)
 LABELS = torch.tensor([0, 1])
 Z_AUDIO = torch.tensor([[1.0, 0], [0, 2]], dtype=torch.float64)

@@ -1,5 +1,5 @@
-"""Every method on a 3-modality toy model (METHODS.md: write for M >= 2 where
-the equations allow it): one full step, with coefficients for each modality."""
+"""Every method on a 3-modality toy model (the methods are written for M >= 2
+where their equations allow it): one full step, with coefficients for each modality."""
 
 import math
 

@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("tune-trial", help="one trial of a tuning study: ask, train on train/val, tell")
     p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--settings", type=_json, required=True, help="the study's base cell settings (mmbalance.config.trial_settings)")
+    p.add_argument("--settings", type=_json, required=True, help="the study's base cell settings (mmbalance.config.Experiment.trial_settings)")
     p.add_argument("--study", type=_json, required=True, help="name, trials, sampler, seed, pruner, space")
     p.add_argument("--study-dir", type=Path, required=True)
     p.add_argument("--job", type=int, required=True, help="the trial job's index (0 .. trials-1)")

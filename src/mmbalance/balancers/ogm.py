@@ -1,4 +1,5 @@
-"""OGM and OGM-GE, On-the-fly Gradient Modulation (Peng et al.; METHODS.md 4.5).
+"""OGM and OGM-GE, On-the-fly Gradient Modulation (Peng et al., CVPR 2022,
+Sec. 3.2-3.3; reference code GeWu-Lab/OGM-GE_CVPR2022, `main.py`).
 
 Unimodal logits come from decomposing the linear fusion layer. With S_m the
 batch sum of modality m's true-class softmax confidence, the official code
@@ -13,7 +14,8 @@ the official code damps audio on a tie, an asymmetry we do not copy.
 
 Named options (the official behaviour is the default):
 * `coefficient`: "official" (above) or "continuous", k_u = 1 - tanh(alpha *
-  (rho_u - 1)), which is 1 at balance instead of jumping (METHODS.md 8);
+  (rho_u - 1)), which is 1 at balance instead of jumping (our option; every public copy
+  of OGM has the jump);
 * `score_source`: "decomposition" (official: W_m z_m + b/M of a linear fusion)
   or "heads" (the unimodal heads, as the MLB repository does for fusions that
   cannot be decomposed; here they are probes unless the method trains them).

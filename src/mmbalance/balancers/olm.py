@@ -1,7 +1,8 @@
-"""OLM, Online Logit Modulation (Zong et al., IJCAI 2024; METHODS.md 4.6).
+"""OLM, Online Logit Modulation (Zong et al., IJCAI 2024, Sec. 3).
 
 An explicit reading of the released code (`engines/engine_logits_com.py`),
-which METHODS.md says to treat as a sketch. Outputs o = the M unimodal heads
+which we read as a sketch of the algorithm (it evaluates on the training
+fold and truncates the epoch by zipping with the validation loader). Outputs o = the M unimodal heads
 (trained into the encoders) then "fused"; learnable scalars w (M+1, init 1)
 with their own Adam (lr `coefficient_lr`, no weight decay: the ResNet scripts).
 

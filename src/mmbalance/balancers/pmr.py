@@ -1,4 +1,5 @@
-"""PMR, Prototypical Modal Rebalance (Fan et al., CVPR 2023; METHODS.md 4.8).
+"""PMR, Prototypical Modal Rebalance (Fan et al., CVPR 2023; reference code
+fanyunfeng-bit/Modal-Imbalance-PMR, `main_Prototype_grad.py`).
 
 This is "PMR (released code, no PER)": the released `main_Prototype_grad.py`
 has no prototype entropy regularisation, so neither do we. Before every epoch
@@ -22,7 +23,7 @@ Guards the official code lacks: a class absent from the subset keeps its
 previous prototype, or is marked invalid (logit -inf, and samples of that class
 are left out of the PCE) until it is seen; no division by zero, no NaN.
 
-Settings (METHODS.md 3.1, 4.8):
+Settings (defaults from the official run scripts, the others' values for comparison):
 * alpha: 2.0, official CREMA-D concat/sum scripts (MLB 1.75, BalanceBenchmark 0.6);
 * momentum: 0.0, most official scripts (argparse default 0.2, BalanceBenchmark 0.5);
 * subset_fraction: 0.1, the official first 10 % of the shuffled train loader;

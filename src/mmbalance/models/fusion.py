@@ -1,6 +1,6 @@
 """Fusions: pooled per-modality features -> fused logits.
 
-Each fusion says what it offers the balancers (METHODS.md 2): fused logits
+Each fusion says what it offers the balancers (see `mmbalance.compatibility`): fused logits
 always; `decompose()` per-modality logits only where the fusion is linear; and
 `modality_parameters(m)`, the fusion parameters that belong to modality m alone.
 """

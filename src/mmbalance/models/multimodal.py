@@ -57,7 +57,7 @@ class MultimodalModel(nn.Module):
         return ModelOutput(fused, unimodal, features, decomposed, self.heads_are_probes and bool(self.heads))
 
     def parameter_groups(self, policy: str) -> dict[str, list[nn.Parameter]]:
-        """Which parameters count as modality m's, by a named policy (METHODS.md 0.4):
+        """Which parameters count as modality m's, by a named policy (the reference codes group them differently):
 
         * `encoder_conv_weights`: the encoder's kernels only, i.e. its weights with
           two or more dimensions (official OGM-GE modulates the 4-d conv kernels;

@@ -13,7 +13,7 @@ from mmbalance.balancers.mlb import mlb_coefficients
 from mmbalance.balancers.mmcosine import cosine_logits
 from mmbalance.balancers.mslr import mslr_ratio
 from mmbalance.balancers.multi_loss import multi_loss
-from mmbalance.balancers.ogm import OGMGE, generalization_enhancement, ogm_coefficients
+from mmbalance.balancers.ogm import OGMGE, discrepancy_ratios, generalization_enhancement, ogm_coefficients
 from mmbalance.models.multimodal import ModelOutput, build_model
 from mmbalance.step import training_step
 
@@ -196,7 +196,8 @@ def test_mslr_ratio_worked_example():
 
 def test_mslr_updates_its_memory_after_the_ratio():
     model = tiny_model()
-    balancer = build_balancer("mslr", {"initial_rates": {"audio": 0.7, "video": 1.3}, "memory": 2, "parameter_policy": "encoder_fusion_block"})
+    balancer = build_balancer("mslr", {"initial_rates": {"audio": 0.7, "video": 1.3}, "memory": 2, "parameter_policy": "encoder_fusion_block",
+                                       "start_epoch": 0, "end_epoch": 1500})
     balancer.setup(model)
     accuracies = [(0.5, 0.2), (0.5, 0.4), (0.6, 0.6), (0.3, 0.5)]
     factors = []
@@ -240,7 +241,7 @@ def test_mmcosine_replaces_the_fused_logits():
     [
         ("ogm", {"alpha": 0.8, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_conv_weights", "coefficient": "official", "score_source": "decomposition"}, "mmbalance.balancers.ogm.ogm_coefficients", "joint"),
         ("mlb", {"alpha": 0.5, "beta_max": 10, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_head_fusion_block", "weights": {}}, "mmbalance.balancers.mlb.mlb_coefficients", "multi_loss"),
-        ("mslr", {"initial_rates": {"audio": 1.0, "video": 1.0}, "memory": 3, "parameter_policy": "encoder_fusion_block"}, None, "joint"),
+        ("mslr", {"initial_rates": {"audio": 1.0, "video": 1.0}, "memory": 3, "parameter_policy": "encoder_fusion_block", "start_epoch": 0, "end_epoch": 9}, None, "joint"),
     ],
 )
 def test_coefficients_of_one_give_the_unmodulated_update(monkeypatch, method, settings, patch, reference):
@@ -298,3 +299,34 @@ def test_ogm_on_a_non_linear_fusion_names_both_and_the_way_out():
     assert out.decomposed is None
     (torch.nn.functional.cross_entropy(out.fused, labels) + out.probe_loss(labels)).backward()
     assert {"coeff_audio", "coeff_video"} <= set(balancer.after_backward(model, out, labels, 0))
+
+
+def test_ogm_logs_the_official_ratio_of_both_modalities():
+    # Official main.py: ratio_v = S_v / S_a and ratio_a = 1 / ratio_v; S_a = 1.5, S_v = 0.5.
+    assert discrepancy_ratios(torch.tensor([1.5, 0.5], dtype=torch.float64)).tolist() == pytest.approx([3.0, 1 / 3])
+    # Three modalities: S_m over the mean of the others, 2 / ((1 + 3) / 2) = 1.
+    assert discrepancy_ratios(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).tolist() == pytest.approx([0.4, 1.0, 2.0])
+    model = tiny_model()
+    balancer = build_balancer("ogm", {"alpha": 0.8, "start_epoch": 0, "end_epoch": 9, "parameter_policy": "encoder_conv_weights",
+                                      "coefficient": "official", "score_source": "decomposition"})
+    balancer.setup(model)
+    out, labels = backward(model)
+    logs = balancer.after_backward(model, out, labels, epoch=0)
+    assert logs["ogm_rho_audio"] == pytest.approx(1 / logs["ogm_rho_video"])
+    assert min(logs["ogm_rho_audio"], logs["ogm_rho_video"]) < 1
+
+
+def test_mslr_scales_gradients_only_inside_its_window():
+    """AGM repository run/CREMAD_main.py: rates apply for modulation_starts <= epoch <= modulation_ends."""
+    settings = {"initial_rates": {"audio": 0.5, "video": 2.0}, "memory": 2, "parameter_policy": "encoder_fusion_block", "start_epoch": 1, "end_epoch": 2}
+    for epoch, scaled in [(0, False), (1, True), (2, True), (3, False)]:
+        model = tiny_model()
+        balancer = build_balancer("mslr", settings)
+        balancer.setup(model)
+        out, labels = backward(model)
+        before = {name: p.grad.clone() for name, p in model.named_parameters()}
+        logs = balancer.after_backward(model, out, labels, epoch)
+        audio = next(name for name in before if name.startswith("encoders.audio."))
+        expected = before[audio] * 0.5 if scaled else before[audio]
+        assert torch.equal(dict(model.named_parameters())[audio].grad, expected), epoch
+        assert (logs == {}) != scaled

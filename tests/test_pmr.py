@@ -12,7 +12,7 @@ from mmbalance.balancers.pmr import (
 )
 from mmbalance.models.multimodal import ModelOutput, build_model
 
-SETTINGS = {"alpha": 2.0, "momentum": 0.0, "subset_fraction": 0.1, "start_epoch": 0, "end_epoch": 70, "feature_norm": "none"}
+SETTINGS = {"alpha": 2.0, "momentum": 0.0, "momentum_from": "reference", "subset_fraction": 0.1, "start_epoch": 0, "end_epoch": 70, "feature_norm": "none"}
 
 # A hand-worked example: 3 classes, labels [0, 1], the same prototypes for both modalities.
 PROTOS = torch.tensor([[1.0, 0], [0, 1], [1, 1]], dtype=torch.float64)
@@ -111,12 +111,12 @@ def tiny_setup(momentum=0.0, feature_norm="none"):
     return model, balancer, inputs
 
 
-def context(model, inputs, labels, calls):
+def context(model, inputs, labels, calls, epoch=0):
     def batches(split, fraction):
         calls.append((split, fraction))
         yield {m: x[:3] for m, x in inputs.items()}, labels[:3]
         yield {m: x[3:] for m, x in inputs.items()}, labels[3:]
-    return EpochContext(0, model, batches)
+    return EpochContext(epoch, model, batches)
 
 
 def test_on_epoch_start_on_a_tiny_model():
@@ -145,7 +145,7 @@ def test_on_epoch_start_momentum_blends_with_the_previous_prototypes():
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     old = {m: (torch.ones(3, model.encoders[m].feature_dim), torch.tensor([True, True, False])) for m in ("audio", "video")}
     balancer.load_state_dict({"prototypes": {m: {"prototypes": p, "valid": v} for m, (p, v) in old.items()}})
-    balancer.on_epoch_start(context(model, inputs, labels, []))
+    balancer.on_epoch_start(context(model, inputs, labels, [], epoch=2))
     model.eval()
     with torch.no_grad():
         z = model(inputs).features
@@ -155,3 +155,27 @@ def test_on_epoch_start_momentum_blends_with_the_previous_prototypes():
         assert torch.allclose(protos[:2], 0.8 * means[:2] + 0.2, atol=1e-6)
         assert torch.allclose(protos[2], means[2], atol=1e-6)  # no old prototype: the new mean
         assert valid.all()
+
+
+@pytest.mark.parametrize("momentum_from, blended_epochs", [("reference", [2, 3]), ("epoch_1", [1, 2, 3])])
+def test_momentum_starts_blending_when_the_reference_does(momentum_from, blended_epochs):
+    """Official main_Prototype_grad.py: prototypes recomputed after epoch e blend only if e > 0,
+    so the ones used in epoch 1 are fresh means; BalanceBenchmark and MLB blend from epoch 1."""
+    model, balancer, inputs = tiny_setup(momentum=0.5)
+    balancer.settings = balancer.settings | {"momentum_from": momentum_from}
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    model.eval()
+    with torch.no_grad():
+        means = torch.stack([model(inputs).features["audio"][labels == k].mean(0) for k in range(3)])
+    blended = []
+    for epoch in range(4):
+        old = torch.full_like(means, 7.0)
+        state = {m: {"prototypes": old.clone(), "valid": torch.ones(3, dtype=torch.bool)} for m in ("audio", "video")}
+        balancer.load_state_dict({"prototypes": state} if epoch else {"prototypes": {}})
+        balancer.on_epoch_start(context(model, inputs, labels, [], epoch=epoch))
+        protos = balancer.prototypes["audio"][0]
+        if torch.allclose(protos, 0.5 * means + 3.5, atol=1e-5):
+            blended.append(epoch)
+        else:
+            assert torch.allclose(protos, means, atol=1e-5), epoch
+    assert blended == blended_epochs

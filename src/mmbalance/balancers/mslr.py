@@ -8,8 +8,11 @@ of its last K accuracies,
     ratio_m = a_m / mean(memory_m)   (1 until the memory holds K values)
     c_m     = c_m^0 * ratio_m        (not cumulative)
 
-and the memory is updated after the ratio is computed. Every gradient of
-modality m's parameters is multiplied by c_m after backward, which is a
+and the memory is updated after the ratio is computed (every epoch). Inside the
+window [start_epoch, end_epoch] every gradient of modality m's parameters is
+multiplied by c_m after backward (outside it the gradients are left alone, as in
+the AGM repository's `run/CREMAD_main.py`, whose default window is epochs 0-20;
+the default here, 0-1500, is the MLB repository's: always), which is a
 per-modality learning rate under SGD (under Adam the scaling mostly cancels out in the normalised update). The loss is
 the fused cross-entropy only.
 
@@ -21,7 +24,7 @@ from fine-tuned unimodal models, as both re-implementations also do not).
 
 from __future__ import annotations
 
-from mmbalance.balancers.base import Balancer, parameter_policy, scale_gradients
+from mmbalance.balancers.base import Balancer, epoch_window, parameter_policy, scale_gradients
 
 
 def mslr_ratio(memory: list[float], accuracy: float, size: int) -> float:
@@ -43,6 +46,7 @@ class MSLR(Balancer):
         "memory": {"description": "Number K of past validation accuracies the ratio compares with (AGM repository: 5; MLB run.sh: 20).",
                    "type": "integer", "minimum": 1, "default": 5},
         "parameter_policy": parameter_policy("encoder_fusion_block"),
+        **epoch_window(0, 1500, "the rate scaling", "MLB repository: no window, i.e. always; AGM repository: 20"),
     }
     SEARCH_SPACE = {
         "initial_rates.audio": {"low": 0.5, "high": 1.5, "source": "0.7 (MLB run.sh) to 0.9 (AGM repository) around 1"},
@@ -56,6 +60,8 @@ class MSLR(Balancer):
         self.factors = {m: self.settings["initial_rates"][m] for m in model.modalities}
 
     def after_backward(self, model, out, labels, epoch):
+        if not self.in_window(epoch):
+            return {}
         for m, factor in self.factors.items():
             scale_gradients(self.groups[m], factor)
         return {f"coeff_{m}": factor for m, factor in self.factors.items()}

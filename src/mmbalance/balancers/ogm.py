@@ -8,9 +8,14 @@ damps the dominant modality u of a pair, rho_u = S_u / S_other > 1, by
     k_u = 1 - tanh(alpha * rho_u)        (alpha * rho, not alpha * (rho - 1):
                                           k jumps to 1 - tanh(alpha) at balance)
 
-and leaves the other at k = 1. For M modalities rho_m = S_m / min_k S_k, which
-is the same for M = 2 (BalanceBenchmark's generalisation). A tie damps nobody;
-the official code damps audio on a tie, an asymmetry we do not copy.
+and leaves the other at k = 1. For M modalities the coefficient uses
+rho_m = S_m / min_k S_k (BalanceBenchmark's generalisation), which for M = 2 is
+the official ratio of the dominant modality. A tie damps nobody; the official
+code damps audio on a tie, an asymmetry we do not copy.
+
+Logged (`ogm_rho_<m>`): what the official code computes for both modalities,
+S_m / S_other (for M modalities S_m over the mean of the others), so the weaker
+modality's ratio reads below 1 rather than the 1 of the coefficient's rho.
 
 Named options (the official behaviour is the default):
 * `coefficient`: "official" (above) or "continuous", k_u = 1 - tanh(alpha *
@@ -38,6 +43,13 @@ def ogm_coefficients(scores: torch.Tensor, alpha: float, continuous: bool = Fals
     ratios = scores / scores.min()
     damped = 1 - torch.tanh(alpha * (ratios - 1 if continuous else ratios))
     return ratios, torch.where(ratios > 1, damped, torch.ones_like(ratios))
+
+
+def discrepancy_ratios(scores: torch.Tensor) -> torch.Tensor:
+    """scores (M,) -> S_m / mean_{k != m} S_k (M,): the official ratio_a = S_a / S_v and
+    ratio_v = S_v / S_a for two modalities."""
+    others = (scores.sum() - scores) / (len(scores) - 1)
+    return scores / others
 
 
 def generalization_enhancement(grad: torch.Tensor, coefficient: float) -> torch.Tensor:
@@ -83,7 +95,7 @@ class OGM(Balancer):
         logits = out.decomposed if self.settings["score_source"] == "decomposition" else out.unimodal
         modalities = list(logits)
         scores = torch.stack([true_class_confidence(logits[m], labels).sum() for m in modalities])
-        ratios, coefficients = ogm_coefficients(scores, self.settings["alpha"], self.settings["coefficient"] == "continuous")
+        _, coefficients = ogm_coefficients(scores, self.settings["alpha"], self.settings["coefficient"] == "continuous")
         for m, k in zip(modalities, coefficients.tolist()):
             for param in self.groups[m]:
                 if param.grad is None:
@@ -93,7 +105,7 @@ class OGM(Balancer):
                 else:
                     param.grad.mul_(k)
         return {f"coeff_{m}": k for m, k in zip(modalities, coefficients.tolist())} | {
-            f"ogm_rho_{m}": r for m, r in zip(modalities, ratios.tolist())
+            f"ogm_rho_{m}": r for m, r in zip(modalities, discrepancy_ratios(scores).tolist())
         }
 
 

@@ -26,6 +26,12 @@ are left out of the PCE) until it is seen; no division by zero, no NaN.
 Settings (defaults from the official run scripts, the others' values for comparison):
 * alpha: 2.0, official CREMA-D concat/sum scripts (MLB 1.75, BalanceBenchmark 0.6);
 * momentum: 0.0, most official scripts (argparse default 0.2, BalanceBenchmark 0.5);
+* momentum_from: when blending starts, which matters only for momentum > 0. "reference"
+  (default): the official code recomputes the prototypes after each training epoch e
+  and blends only when e > 0, so the prototypes of epoch 1 are still fresh means and
+  the first blended ones are used in epoch 2 (`calculate_prototype(..., epoch)` in
+  `main_Prototype_grad.py`); "epoch_1": blend whenever previous prototypes exist,
+  i.e. from epoch 1, as BalanceBenchmark and the MLB repository do;
 * subset_fraction: 0.1, the official first 10 % of the shuffled train loader;
 * start_epoch, end_epoch: 0, 70, official `modulation_starts/ends` in the scripts;
 * feature_norm: "none" (official) or "l2": our robustness option, features
@@ -99,6 +105,9 @@ class PMR(Balancer):
                   "type": "number", "minimum": 0, "default": 2.0},
         "momentum": {"description": "Prototype momentum mu, c = (1-mu) c_new + mu c_old (most official scripts: 0.0).",
                      "type": "number", "minimum": 0, "maximum": 1, "default": 0.0},
+        "momentum_from": {"description": "reference: the first blended prototypes are used in epoch 2, as the official code does "
+                          "(main_Prototype_grad.py blends after epoch e > 0); epoch_1: blend from epoch 1 (BalanceBenchmark, MLB).",
+                          "type": "string", "enum": ["reference", "epoch_1"], "default": "reference"},
         "subset_fraction": {"description": "Share of the shuffled training set the prototypes are computed on before every epoch (official: 0.1).",
                             "type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.1},
         **epoch_window(0, 70, "the prototype loss", "official scripts: 70"),
@@ -133,12 +142,16 @@ class PMR(Balancer):
         for m in model.modalities:
             previous = self.prototypes.get(m)
             protos, valid = class_prototypes(torch.cat(feats[m]), labels, num_classes, previous)
-            if previous is not None:  # absent classes hold old == new, so momentum keeps them
+            if previous is not None and self.blends(context.epoch):  # absent classes hold old == new, so momentum keeps them
                 blended = momentum_update(protos, previous[0].to(protos), self.settings["momentum"])
                 protos = torch.where(previous[1].to(valid.device)[:, None], blended, protos)
             self.prototypes[m] = (protos, valid)
         absent = num_classes - int(torch.bincount(labels, minlength=num_classes).gt(0).sum())
         return {"pmr_absent_classes": float(absent)}
+
+    def blends(self, epoch: int) -> bool:
+        """Whether the prototypes computed before `epoch` are blended with the previous ones."""
+        return epoch >= (2 if self.settings["momentum_from"] == "reference" else 1)
 
     def loss(self, out, labels, epoch):
         fused = F.cross_entropy(out.fused, labels)

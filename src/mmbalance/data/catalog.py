@@ -15,12 +15,19 @@ is the one form they all become, written to `results/catalog/<dataset>/`:
 
 A dataset with a single official split gets folds 2, 3... that repeat fold 1
 (seed replicates: a cell's seed is train.seed + fold), recorded in catalog.json.
+
+The checks every dataset module makes on its way there live here too, each
+with the dataset's own rule as a parameter: `check_counts` (split files
+against the published sizes), `check_missing` (listed clips without media)
+and `carve_validation` (a seeded validation list drawn from train).
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,12 +185,65 @@ def _relative(path: Path, raw_dir: Path) -> str:
         return str(path)
 
 
-def check_counts(dataset: str, got: dict[str, int], expected: dict[str, int], source: str, advice: str = "") -> None:
-    """Stop loudly when split sizes (or class counts) differ from the paper's."""
+def check_counts(dataset: str, got: dict, expected: dict, source: str, advice: str = "") -> None:
+    """Stop loudly when split sizes (or class counts) differ from the paper's.
+
+    got and expected map a name (a split, a class, `fold 2 train/val/test`...) to a count or a
+    tuple of counts; an expected value of None is not checked."""
     wrong = {key: (got.get(key), want) for key, want in expected.items() if want is not None and got.get(key) != want}
     if wrong:
         detail = "; ".join(f"{key}: {have} where the paper's split has {want}" for key, (have, want) in wrong.items())
         raise SplitMismatchError(f"{dataset}: {source} does not hold the published split ({detail}).{' ' + advice if advice else ''}")
+
+
+def check_missing(dataset: str, missing: dict[str, list[str]], listed: dict[str, int], where: Path | str, advice: str, *,
+                  max_fraction: float | None = None, max_count: int | None = None, examples: int = 3,
+                  error: type[Exception] = SplitMismatchError) -> None:
+    """Stop when more listed clips lack their media than the dataset allows.
+
+    `missing` holds, per part (a split, or a split file), the sorted names of the listed clips whose
+    media is absent; `listed` how many that part lists. A part fails when more than `max_count` of
+    its clips are missing, or more than the share `max_fraction`. The error names every failing
+    part with its counts and first `examples` names, where the media was looked for, and `advice`.
+    """
+    problems = []
+    for part, names in missing.items():
+        lost, total = len(names), listed[part]
+        if (max_count is not None and lost > max_count) or (max_fraction is not None and total and lost / total > max_fraction):
+            problems.append(f"{part}: {lost} of {total} clips have no media ({lost / total:.1%}), e.g. {names[:examples]}")
+    if problems:
+        limit = f"more than max_missing_fraction {max_fraction:.1%}" if max_fraction is not None else f"at most {max_count} allowed"
+        raise error(f"{dataset}: {'; '.join(problems)} under {where} ({limit}); {advice}")
+
+
+# How many of a class's n units go to validation: each rule is the one a dataset has always used,
+# kept so that its validation list does not move.
+VALIDATION_COUNTS = {
+    "round": lambda fraction, n: round(fraction * n),  # CREMA-D (OGM-GE split): the rounded share
+    "at_least_one": lambda fraction, n: max(1, round(fraction * n)) if n >= 2 else 0,  # UCF101: one of two groups or more
+    "keep_one_in_train": lambda fraction, n: min(round(fraction * n), n - 1),  # VGGSound: never a class's last id
+}
+
+
+def carve_validation(train: Iterable[tuple[str, int]], fraction: float, seed: int, count: str) -> set[str]:
+    """The units drawn from train for validation, stratified by class.
+
+    `train` gives (unit, label) for every training clip: the unit is the clip's own name, or the
+    group whose clips must stay together (a UCF101 `Class_gGG`, a YouTube id). A unit belongs to
+    the class most of its clips have (ties: the lowest label). One random.Random(seed) draws, class
+    by class in label order, VALIDATION_COUNTS[count] of the class's units from their sorted list.
+    """
+    labels: dict[str, Counter] = defaultdict(Counter)
+    for unit, label in train:
+        labels[unit][label] += 1
+    units_of_class: dict[int, list[str]] = defaultdict(list)
+    for unit, counts in sorted(labels.items()):
+        units_of_class[min(counts, key=lambda label: (-counts[label], label))].append(unit)
+    rule, rng, chosen = VALIDATION_COUNTS[count], random.Random(seed), set()
+    for label in sorted(units_of_class):
+        units = units_of_class[label]
+        chosen.update(rng.sample(units, rule(fraction, len(units))))
+    return chosen
 
 
 def skip_report(index: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

@@ -6,13 +6,21 @@ reason instead of ending as a silent wrong number.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
 import numpy as np
+import pandas as pd
 import torch
 import torchaudio
+
+from mmbalance.io import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 class MediaError(Exception):
@@ -145,6 +153,57 @@ def decode_frames(path: Path, num_frames: int, fps: float, size: int, start: flo
     return np.stack(chosen), padded
 
 
+# --- audio presence
+
+
+def has_audio(path: Path) -> bool:
+    """True when the file has an audio stream that decodes to more than one sample
+    (MLB drops clips whose audio has fewer than 2 samples). Stops at the first
+    samples, so a probe costs one packet. MediaError (kind corrupt) when undecodable."""
+    check_is_media(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return False
+            samples = 0
+            for frame in container.decode(audio=0):
+                samples += frame.samples
+                if samples > 1:
+                    return True
+    except av.error.FFmpegError as error:
+        raise MediaError(f"{path}: cannot decode ({error})", "corrupt") from error
+    return False
+
+
+def probe_audio(raw_dir: Path, videos: list[Path], cache_name: str, workers: int = 4) -> dict[Path, str]:
+    """path -> "audio", "no_audio" or "error: <why>" for every video, probed in parallel
+    and cached in raw_dir/<cache_name> (a csv keyed by path and size) so it runs once
+    (probing UCF101's 13,320 clips takes minutes)."""
+    raw_dir = Path(raw_dir)
+    cache_path = raw_dir / cache_name
+    cached = {}
+    if cache_path.is_file():
+        table = pd.read_csv(cache_path, keep_default_na=False, dtype={"path": str, "status": str})
+        cached = {(row.path, int(row.size)): row.status for row in table.itertuples()}
+    keys = {path: (os.path.relpath(path, raw_dir), path.stat().st_size) for path in videos}
+    todo = [path for path in videos if keys[path] not in cached]
+    if todo:
+        log.info("probing %d clips for an audio track (%d cached)", len(todo), len(videos) - len(todo))
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for path, status in zip(todo, pool.map(_probe_one, todo)):
+                cached[keys[path]] = status
+        rows = [{"path": p, "size": s, "status": status} for (p, s), status in sorted(cached.items())]
+        write_text_atomic(cache_path, pd.DataFrame(rows, columns=["path", "size", "status"]).to_csv(index=False))
+    return {path: cached[keys[path]] for path in videos}
+
+
+def _probe_one(path: Path) -> str:
+    try:
+        return "audio" if has_audio(path) else "no_audio"
+    except MediaError as error:
+        return f"error: {error.kind}: {error}"
+
+
 def fit_length(waveform: np.ndarray, num_samples: int, crop: str = "start") -> np.ndarray:
     """Repeat the clip until it is long enough, then cut (recipe A tiles to 3 s).
     `crop` "centre" cuts the middle (VGGSound's 5 s window, drawn at random in
@@ -157,7 +216,7 @@ def fit_length(waveform: np.ndarray, num_samples: int, crop: str = "start") -> n
 
 class LogSpectrogram:
     """log(|STFT| + 1e-7) with a Hann window, centred with zero padding as
-    librosa.stft does (DATASETS.md 1.4 recipe A: n_fft 512, hop 353)."""
+    librosa.stft does (recipe A of OGM-GE's dataset/CramedDataset.py and MLB: n_fft 512, hop 353)."""
 
     def __init__(self, n_fft: int, hop_length: int):
         self.transform = torchaudio.transforms.Spectrogram(
@@ -172,7 +231,7 @@ class LogSpectrogram:
 class ScipyLogSpectrogram:
     """log(PSD + 1e-7) of `scipy.signal.spectrogram` with its defaults (Tukey 0.25
     window, constant detrend, density scaling, no centring): recipe B/C of
-    DATASETS.md 1.4 (PMR, MMCosine; MLB's AVE), 48,000 samples -> 257 x 299.
+    PMR and MMCosine on CREMA-D (MLB's on AVE), 48,000 samples -> 257 x 299.
     `per_clip` z-scores each spectrogram as PMR does."""
 
     def __init__(self, n_fft: int, hop_length: int, sample_rate: int, per_clip: bool = False):
@@ -189,8 +248,8 @@ class ScipyLogSpectrogram:
 
 
 class KaldiFbank:
-    """Log-mel filterbank of `torchaudio.compliance.kaldi.fbank` (recipe D of
-    DATASETS.md 1.4: GeWu-Lab's Kinetics-Sounds cache): Hanning window, 10 ms
+    """Log-mel filterbank of `torchaudio.compliance.kaldi.fbank` (recipe D:
+    GeWu-Lab's Kinetics-Sounds cache, OGM-GE's data/KineticSound/process_audio.py): Hanning window, 10 ms
     shift, no dither, on the mean-removed waveform; padded with zeros or cut to
     `frames` frames and scaled with the AudioSet statistics those caches use.
     Output (frames, mel_bins), time first, as GeWu-Lab's loaders feed it."""

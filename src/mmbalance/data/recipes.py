@@ -1,5 +1,10 @@
-"""Preprocessing recipes: the papers' recipes as named presets (DATASETS.md 1.4,
-2.4, 3.5, 4.5, 5.4), any key of which a config may override.
+"""Preprocessing recipes: the papers' recipes as named presets, any key of which a config may override.
+
+The presets follow the reference code's loaders, each preset's comment says whose:
+OGM-GE's dataset/CramedDataset.py and dataset/VGGSoundDataset.py (GeWu-Lab/OGM-GE_CVPR2022),
+PMR's and MMCosine's CREMA-D spectrograms (fanyunfeng-bit/Modal-Imbalance-PMR,
+GeWu-Lab/MMCosine_ICASSP23), MLB's CREMA-D, AVE and UCF101 datasets (kkontras/MLB) and
+GeWu-Lab's Kinetics-Sounds fbank cache (OGM-GE's data/KineticSound/process_audio.py).
 
 A dataset's `preprocessing` is `{preset: <name>, <key>: <override>, ...}` or a
 full recipe without a preset. The resolved recipe (preset name included) is a

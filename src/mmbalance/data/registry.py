@@ -1,15 +1,20 @@
 """The dataset registry: each dataset key of the config, declared once.
 
-A new dataset is one module in mmbalance/data/ with
+A new dataset is one module in mmbalance/data/datasets/ with
 
     CLASSES: tuple[str, ...]
     def download(raw_dir: Path, source: dict, workers: int) -> dict
-        fetch, verify and extract everything into raw_dir; returns a record of
-        what was verified (written to resources/raw/<raw>/download.json)
+        fetch, verify and extract everything into raw_dir (with fetching.http
+        and fetching.archives); returns a record of what was verified (written
+        to resources/raw/<raw>/download.json)
     def build_catalog(raw_dir: Path, protocol: str, options: dict) -> Catalog
-        read the split files, check them against the paper's counts
+        read the split files and build the catalog, with the shared checks of
+        mmbalance.data.catalog: check_counts (sizes against the paper's),
+        check_missing (listed clips without media), carve_validation (a seeded
+        validation list, when the protocol has none)
 
-plus one line here. The config schema's `datasets.<key>` block and the grid's
+plus one line here. A large dataset may keep its download in a companion
+module (vggsound_download) and import `download` from it. The config schema's `datasets.<key>` block and the grid's
 list of datasets are built from this table (mmbalance.config). Two keys may
 share a raw folder (CREMA-D's two protocols are read from one download).
 """
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    module: str  # mmbalance.data.<module>
+    module: str  # mmbalance.data.datasets.<module>
     raw: str  # resources/raw/<raw>
     protocol: str  # the split protocol the module's build_catalog reads
     description: str  # one line, printed in every table's protocol line
@@ -62,7 +67,7 @@ def entry(dataset: str) -> DatasetEntry:
 
 
 def module(dataset: str):
-    return importlib.import_module(f"mmbalance.data.{entry(dataset).module}")
+    return importlib.import_module(f"mmbalance.data.datasets.{entry(dataset).module}")
 
 
 def is_generated(dataset: str) -> bool:

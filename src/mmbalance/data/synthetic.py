@@ -10,7 +10,7 @@ minutes:
   orientation encodes the emotion, under per-frame noise: every class is
   separable, but it takes longer to learn.
 
-Files are written like the real ones (DATASETS.md 1.2 and 7): `AudioWAV/*.wav`
+Files are written like the real ones (mmbalance/data/datasets/cremad.py reads both): `AudioWAV/*.wav`
 16 kHz mono s16, `VideoFlash/*.flv` FLV1 video + MP3 audio at 30 fps, clip names
 `<actor>_<sentence>_<EMOTION>_<level>`, `processedResults/summaryTable.csv`, and
 actor-disjoint train/val/test folds in MLB's json format. Every clip is drawn
@@ -30,7 +30,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from mmbalance.data import cremad
+from mmbalance.data.datasets import cremad
 from mmbalance.io import file_sha256, write_text_atomic
 
 WAV_RATE = 16_000
@@ -173,7 +173,8 @@ def write_clip(job: tuple[Path, str, dict, bool]) -> None:
 def generate(raw_dir: Path, settings: dict, workers: int = 1) -> list[str]:
     """Write the whole tree; returns the clip names. Existing files are overwritten.
 
-    With `defects`, two clips carry the real dataset's pitfalls (DATASETS.md 1.5):
+    With `defects`, two clips carry the real dataset's pitfalls (the CREMA-D README lists
+    FLV files that lacked an audio track; issue #15 there, LFS pointer stubs):
     the second-to-last video has no audio track (harmless: audio comes from
     AudioWAV) and the last video is a git-lfs pointer stub, which is what a zip
     download or an exhausted LFS budget gives instead of media.

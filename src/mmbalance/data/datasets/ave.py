@@ -1,7 +1,7 @@
-"""AVE (Audio-Visual Event): download, split files and MLB's protocol (DATASETS.md 2).
+"""AVE (Audio-Visual Event, Tian et al., ECCV 2018): download, split files and MLB's protocol.
 
-The dataset is one zip on Google Drive (`AVE_Dataset.zip`, about 4,097 ten-second
-YouTube clips). It unpacks to
+The dataset is one zip on Google Drive (`AVE_Dataset.zip`, linked from the README of
+YapengTian/AVE-ECCV18; about 4,097 ten-second YouTube clips). It unpacks to
 
     AVE/<11-char YouTube id>.mp4     H.264 + AAC
     Annotations.txt                  every annotation, with a header line
@@ -13,14 +13,15 @@ download is verified by the zip's own CRCs (checked while extracting), the numbe
 of mp4 files (4,097) and the presence of every video the split files name.
 
 Layout here: the zip is kept as `<raw_dir>/AVE_Dataset.zip` and extracted into
-`<raw_dir>/AVE_Dataset/` (`download.extract` needs a folder of its own). A tree
+`<raw_dir>/AVE_Dataset/` (`archives.extract` needs a folder of its own). A tree
 you unpacked yourself directly in `<raw_dir>` (AVE/, trainSet.txt...) is verified
 and used without fetching anything.
 
 `source` keys (config `datasets.ave.source`), all optional:
   urls         mirrors of AVE_Dataset.zip, tried in order; `file:///path/AVE_Dataset.zip`
                uses a copy you downloaded in a browser. Third-party copies exist on
-               Hugging Face (DATASETS.md 2.1) but their contents are unchecked.
+               Hugging Face (e.g. the UnFaZeD07/AVE-Dataset dataset) but their contents
+               are unchecked.
   sha256, size what your copy of the zip must match, once you have recorded them
   max_missing  how many split-file videos may lack their mp4 (default 0)
 
@@ -32,7 +33,8 @@ hard-coded order (= PMR's order of first appearance in testSet.txt), the first
 row of a video id kept within a split, the row whose event ends at 0 s skipped,
 and each clip limited to its event segment (Clip.start/end, used by recipes with
 `segment: true`). The same video may be listed in two splits with different
-labels (DATASETS.md 2.3); the papers keep both, so do we, under the names
+labels (8 ids between train and test, 10 between train and val, in the split files of
+PMR's data/AVE/ = MLB's datasets/AVE/); the papers keep both, so do we, under the names
 `<id>__<split>`, and the catalog's notes list those ids.
 """
 
@@ -44,8 +46,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmbalance.data import download as dl
-from mmbalance.data.catalog import Catalog, Clip, check_counts
+from mmbalance.data.catalog import Catalog, Clip, check_counts, check_missing
+from mmbalance.data.fetching import archives, http
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ CLASSES = (
 )
 
 DRIVE_ID = "1FjKwe79e0u96vdjIVwfRQ1V6SoDHe7kK"
-# `confirm=t` skips Drive's virus-scan page for large files (DATASETS.md 2.1, unverified).
+# `confirm=t` skips Drive's virus-scan page for large files (the form third-party download scripts
+# use; unverified here).
 URLS = (
     f"https://drive.usercontent.google.com/download?id={DRIVE_ID}&export=download&confirm=t",
     f"https://drive.google.com/uc?export=download&id={DRIVE_ID}&confirm=t",
@@ -90,7 +93,7 @@ VIDEO_ID = re.compile(r"[A-Za-z0-9_-]+")
 HEADER_FIRST_FIELD = "category"
 
 
-class IncompleteDatasetError(dl.DownloadError):
+class IncompleteDatasetError(http.DownloadError):
     """The extracted tree lacks videos the split files list (or holds the wrong number)."""
 
 
@@ -188,7 +191,8 @@ def read_mlb_splits(root: Path) -> tuple[dict[str, list[Row]], dict]:
         rows = read_rows(path)
         kept, dropped = first_occurrences(rows)
         check_counts(DATASET, {"lines": len(rows), "videos": len(kept)}, EXPECTED_COUNTS["mlb"][split], str(path),
-                     "Use the split files of AVE_Dataset.zip (= PMR data/AVE/, MLB datasets/AVE/); see DATASETS.md 2.3.")
+                     "Use the split files of AVE_Dataset.zip (= PMR data/AVE/, MLB datasets/AVE/: 3,339 / 402 / 402 rows, "
+                     "3,312 / 401 / 402 distinct ids).")
         notes["duplicates_dropped"][split] = [f"{r.source} {r.text} (kept: {_first(kept, r).text})" for r in dropped]
         empty = [r for r in kept if r.end <= r.start]
         notes["empty_segments_skipped"] += [f"{r.source} {r.text}" for r in empty]
@@ -250,14 +254,6 @@ def missing_videos(root: Path, video_ids: set[str]) -> list[str]:
     return sorted(video_ids - present)
 
 
-def _check_missing(missing: list[str], max_missing: int, where: Path, error: type[Exception], advice: str) -> None:
-    if len(missing) > max_missing:
-        raise error(
-            f"AVE: {len(missing)} video(s) listed in the split files have no mp4 in {where} "
-            f"(at most {max_missing} allowed), e.g. {missing[:10]}. {advice}"
-        )
-
-
 # --------------------------------------------------------------------------- download
 
 
@@ -274,7 +270,7 @@ def download(raw_dir: Path, source: dict, workers: int = 4) -> dict:
         log.info("%s was extracted before and the archive removed; verifying the tree only", ARCHIVE)
     else:
         _fetch_archive(list(source.get("urls", URLS)), archive, source)
-        dl.extract(archive, raw_dir / EXTRACTED)
+        archives.extract(archive, raw_dir / EXTRACTED)
     root = dataset_root(raw_dir)
     record = verify_tree(root, int(source.get("max_missing", 0)))
     return {
@@ -293,33 +289,33 @@ def _archive_record(archive: Path, source: dict) -> dict:
     if not archive.exists():
         return {"name": ARCHIVE, "present": False, "note": "removed after extraction, or the tree was unpacked by hand"}
     checksum = "matched source.sha256" if source.get("sha256") else "unverified: none published"
-    return {"name": ARCHIVE, "size": archive.stat().st_size, "sha256": dl.file_digest(archive), "published_checksum": checksum}
+    return {"name": ARCHIVE, "size": archive.stat().st_size, "sha256": http.file_digest(archive), "published_checksum": checksum}
 
 
 def _extraction_done(raw_dir: Path) -> bool:
-    return (raw_dir / EXTRACTED / dl.MARKER).is_file()
+    return (raw_dir / EXTRACTED / archives.MARKER).is_file()
 
 
 def _fetch_archive(urls: list[str], archive: Path, source: dict) -> None:
     """download.download per mirror, so that an HTML answer from Drive (virus
     scan, quota or sign-in page) surfaces as NotMediaError with what to do."""
-    failures: list[dl.DownloadError] = []
+    failures: list[http.DownloadError] = []
     for url in urls:
         try:
-            dl.download([url], archive, size=source.get("size"), sha256=source.get("sha256"))
+            http.download([url], archive, size=source.get("size"), sha256=source.get("sha256"))
             return
-        except dl.ChecksumError:
+        except http.ChecksumError:
             raise  # the bytes arrived: another mirror would not change a pinned checksum's verdict
-        except dl.DownloadError as error:
+        except http.DownloadError as error:
             failures.append(error)
     detail = "\n".join(f"  - {e}" for e in failures)
-    if any(isinstance(e, dl.NotMediaError) for e in failures):
-        raise dl.NotMediaError(
+    if any(isinstance(e, http.NotMediaError) for e in failures):
+        raise http.NotMediaError(
             f"{archive}: Google Drive answered with a web page instead of {ARCHIVE}:\n{detail}\n"
             f"Download it in a browser from https://drive.google.com/open?id={DRIVE_ID} , then either put it at "
             f"{archive} or set datasets.ave.source.urls to ['file:///path/to/{ARCHIVE}'], and run the download again."
         )
-    raise dl.DownloadError(f"{archive}: every mirror failed:\n{detail}")
+    raise http.DownloadError(f"{archive}: every mirror failed:\n{detail}")
 
 
 def verify_tree(root: Path, max_missing: int = 0) -> dict:
@@ -329,7 +325,8 @@ def verify_tree(root: Path, max_missing: int = 0) -> dict:
     missing = missing_videos(root, listed)
     advice = (f"Re-download {ARCHIVE} (delete it and its extraction folder {EXTRACTED}/ first), or allow the "
               "loss with datasets.ave.source.max_missing.")
-    _check_missing(missing, max_missing, root / VIDEO_DIR, IncompleteDatasetError, advice)
+    check_missing("AVE", {"split files": missing}, {"split files": len(listed)}, root / VIDEO_DIR, advice,
+                  max_count=max_missing, examples=10, error=IncompleteDatasetError)
     if not EXPECTED_VIDEOS - max_missing <= len(videos) <= EXPECTED_VIDEOS:
         raise IncompleteDatasetError(
             f"AVE: {root / VIDEO_DIR} holds {len(videos)} mp4 files where {ARCHIVE} has {EXPECTED_VIDEOS} "
@@ -340,7 +337,7 @@ def verify_tree(root: Path, max_missing: int = 0) -> dict:
         "expected_videos": EXPECTED_VIDEOS,
         "split_videos": len(listed),
         "missing": missing,
-        "split_files": {name: dl.file_digest(root / name) for name in [*SPLIT_FILES.values(), ANNOTATIONS]
+        "split_files": {name: http.file_digest(root / name) for name in [*SPLIT_FILES.values(), ANNOTATIONS]
                         if (root / name).exists()},
     }
 
@@ -361,8 +358,9 @@ def build_catalog(raw_dir: Path, protocol: str, options: dict) -> Catalog:
     listed = {r.video_id for rows in splits.values() for r in rows}
     missing = set(missing_videos(root, listed))
     max_missing = int(options.get("max_missing", 0))
-    _check_missing(sorted(missing), max_missing, root / VIDEO_DIR, FileNotFoundError,
-                   "Re-run the download, or allow the loss with datasets.ave.catalog.max_missing.")
+    check_missing("AVE", {"split files": sorted(missing)}, {"split files": len(listed)}, root / VIDEO_DIR,
+                  "Re-run the download, or allow the loss with datasets.ave.catalog.max_missing.",
+                  max_count=max_missing, examples=10, error=FileNotFoundError)
 
     clips, folds, dropped = [], {1: {split: [] for split in SPLIT_FILES}}, []
     for split, rows in splits.items():

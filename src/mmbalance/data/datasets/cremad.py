@@ -1,17 +1,20 @@
 """CREMA-D: download, layout, clip names, labels and the papers' two protocols.
 
 The raw tree is `AudioWAV/<clip>.wav` (16 kHz mono PCM) and `VideoFlash/<clip>.flv`,
-with clip names `<actor>_<sentence>_<EMOTION>_<level>` (DATASETS.md 1.2). The label
-is the emotion field, indexed in the order of OGM-GE's `stat.csv`, which every
-reference code uses. Folds are the MLB json format
-(`{"1": {"train": [...], "val": [...], "test": [...]}, ...}`, entries `<clip>.wav`).
+with clip names `<actor>_<sentence>_<EMOTION>_<level>` (the README of
+CheyneyComputerScience/CREMA-D describes each field). The label is the emotion
+field, indexed in the order of OGM-GE's `data/CREMAD/stat.csv`
+(GeWu-Lab/OGM-GE_CVPR2022), which the reference codes share. Folds are the MLB
+json format (`{"1": {"train": [...], "val": [...], "test": [...]}, ...}`, entries
+`<clip>.wav`).
 
-Download (DATASETS.md 1.1): the GitHub repository's zip holds a Git LFS pointer
-(sha256 and size) in place of every media file. Each WAV and FLV is then fetched
-from the media mirrors in order (the GitLab mirror first: GitHub's LFS budget ran
-out in 2025) and checked against its pointer, so an interrupted download
-resumes file by file and a mirror that answers with a stub falls through to the
-next. The split files come from the reference repositories at pinned commits.
+Download: the GitHub repository's zip holds a Git LFS pointer (sha256 and size)
+in place of every media file. Each WAV and FLV is then fetched from the media
+mirrors in order (the maintainers' GitLab mirror first: the GitHub repository ran
+out of LFS bandwidth in 2025, CREMA-D issue #15) and checked against its pointer,
+so an interrupted download resumes file by file and a mirror that answers with a
+stub falls through to the next. The split files come from the reference
+repositories at pinned commits.
 
 `source` keys (config `datasets.cremad.source`), each a list tried in order:
   pointers        URLs of the repository zip with the LFS pointers
@@ -32,8 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmbalance.data import download as dl
-from mmbalance.data.catalog import Catalog, Clip, SplitMismatchError, read_folds
+from mmbalance.data.catalog import Catalog, Clip, carve_validation, check_counts, check_missing, read_folds
+from mmbalance.data.fetching import archives, http
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,8 @@ def parse_clip_name(name: str) -> dict[str, str]:
 
 def list_clips(raw_dir: Path) -> list[Clip]:
     """Every clip that has a WAV file, sorted by name; the video may be missing.
-    Audio comes from AudioWAV, never the FLV soundtrack (DATASETS.md 1.4)."""
+    Audio comes from AudioWAV, never the FLV soundtrack, as in every reference recipe
+    (OGM-GE, PMR and MLB's ResNet configs load the WAV files)."""
     wav_dir = Path(raw_dir) / "AudioWAV"
     if not wav_dir.is_dir():
         raise FileNotFoundError(f"{wav_dir} does not exist: is {raw_dir} a CREMA-D tree?")
@@ -81,12 +85,13 @@ def write_folds(path: Path, folds: dict[str, dict[str, list[str]]]) -> None:
     Path(path).write_text(json.dumps(as_files, indent=1))
 
 
-# --- The two protocols of the papers (DATASETS.md 1.3) -----------------------
+# --- The two protocols of the papers ----------------------------------------------
 
 # (train, val, test) clips of each fold as published; a split file that differs
 # is the wrong file (or an old mirror), and every number downstream would be off.
 EXPECTED_COUNTS = {
-    # MLB / VAVL actor-independent partitions 1-3 (label_consensus "M": 5,820 clips).
+    # MLB / VAVL actor-independent partitions 1-3 (label_consensus "M": 5,820 clips): Goncalves et al.
+    # (VAVL), ilucasgoncalves/VAVL VAVL/data/CREMA-D/labels_consensus_6class_M/, as MLB's data_splits_VALV.
     "mlb": {1: (4043, 878, 899), 2: (4024, 881, 915), 3: (4017, 869, 934)},
     # OGM-GE train.csv / test.csv; validation carved out of train here.
     "ogm": {1: (6698, None, 744)},
@@ -115,39 +120,37 @@ def ogm_protocol_folds(train: list[str], test: list[str], val_fraction: float = 
     list of `val_fraction` of its training clips, stratified by emotion and
     drawn with a fixed seed (the reference code has no validation set and
     selects on test; we select on this list and publish it)."""
-    import random
-
     shared = set(train) & set(test)
     if shared:
         raise ValueError(f"OGM-GE split: {len(shared)} clips are in both train and test, e.g. {sorted(shared)[:3]}")
-    rng = random.Random(seed)
-    val = []
-    for emotion in EMOTIONS:
-        members = sorted(n for n in train if parse_clip_name(n)["emotion"] == emotion)
-        val += rng.sample(members, round(val_fraction * len(members)))
-    chosen = set(val)
-    return {"1": {"train": [n for n in train if n not in chosen], "val": sorted(val), "test": list(test)}}
+    labelled = ((name, EMOTIONS.index(parse_clip_name(name)["emotion"])) for name in train)
+    chosen = carve_validation(labelled, val_fraction, seed, "round")
+    return {"1": {"train": [n for n in train if n not in chosen], "val": sorted(chosen), "test": list(test)}}
 
 
-def check_split_counts(folds: dict[int, dict[str, set[str]]], protocol: str, source: Path) -> None:
-    """Stop loudly when a split file's sizes are not the published ones."""
-    expected = EXPECTED_COUNTS[protocol]
-    problems = []
-    for fold, (n_train, n_val, n_test) in expected.items():
-        if fold not in folds:
-            problems.append(f"fold {fold} is missing")
+def fold_sizes(folds: dict[int, dict[str, set[str]]], protocol: str) -> tuple[dict, dict]:
+    """(got, expected) train/val/test sizes per fold, for check_counts. Where the published
+    validation size is None (carved here), train is counted with validation."""
+    got, expected = {}, {}
+    for fold, (n_train, n_val, n_test) in EXPECTED_COUNTS[protocol].items():
+        key = f"fold {fold} train/val/test"
+        splits = folds.get(fold)
+        if splits is None:
+            got[key], expected[key] = "missing", (n_train, n_val, n_test)
             continue
-        splits = folds[fold]
-        got = (len(splits["train"]) + (len(splits["val"]) if n_val is None else 0), len(splits["val"]), len(splits["test"]))
-        want = (n_train, got[1] if n_val is None else n_val, n_test)
-        if got != want:
-            problems.append(f"fold {fold} has train/val/test {got}, the published split has {want}")
-    if problems:
-        raise SplitMismatchError(f"{source}: not the {protocol} protocol's split ({'; '.join(problems)}); see DATASETS.md 1.3")
+        got[key] = (len(splits["train"]) + (len(splits["val"]) if n_val is None else 0), len(splits["val"]), len(splits["test"]))
+        expected[key] = (n_train, got[key][1] if n_val is None else n_val, n_test)
+    return got, expected
 
 
-# Clips that ship broken in the real dataset (DATASETS.md 1.5): kept, as the papers
-# keep them, but named in the catalog's notes. Their audio comes from AudioWAV.
+# Where each protocol's split file comes from, named when its sizes are wrong.
+SPLIT_ADVICE = ("The mlb folds are MLB's datasets/CREMAD/data_splits_VALV.pkl (kkontras/MLB) = VAVL partitions 1-3; "
+                "the ogm split is OGM-GE's data/CREMAD/train.csv and test.csv (GeWu-Lab/OGM-GE_CVPR2022); "
+                "SOURCES pins the commits.")
+
+
+# Clips that ship broken in the real dataset (the CREMA-D README lists them; issue #8): kept, as
+# the papers keep them, but named in the catalog's notes. Their audio comes from AudioWAV.
 MLB_PARTITIONS = (1, 2, 3)  # MLB's folds 0-2 are VAVL partitions 1-3
 KNOWN_BAD = ("1076_MTI_NEU_XX", "1076_MTI_SAD_XX", "1064_TIE_SAD_XX", "1064_IEO_DIS_MD")
 
@@ -165,20 +168,19 @@ def build_catalog(raw_dir: Path, protocol: str, options: dict) -> Catalog:
     elif protocol == "mlb":
         folds_file = raw_dir / "splits" / "data_splits_VALV.json"
         folds = {k: v for k, v in read_folds(folds_file).items() if k in MLB_PARTITIONS}
-        check_split_counts(folds, "mlb", folds_file)
+        check_counts("cremad", *fold_sizes(folds, "mlb"), f"{folds_file} (mlb protocol)", SPLIT_ADVICE)
     elif protocol == "ogm":
         folds_file = raw_dir / "splits" / "train.csv"
         train, test = read_ogm_split(folds_file), read_ogm_split(raw_dir / "splits" / "test.csv")
         built = ogm_protocol_folds(train, test, options.get("val_fraction", 0.1), options.get("seed", 0))
         folds = {1: {split: set(members) for split, members in built["1"].items()}}
-        check_split_counts(folds, "ogm", folds_file)
+        check_counts("cremad", *fold_sizes(folds, "ogm"), f"{folds_file} (ogm protocol)", SPLIT_ADVICE)
         notes["validation"] = f"stratified {options.get('val_fraction', 0.1):.0%} of train.csv, seed {options.get('seed', 0)}"
     else:
         raise ValueError(f"CREMA-D has no protocol {protocol!r}; known: generated, mlb, ogm")
     listed = set().union(*(members for splits in folds.values() for members in splits.values()))
-    missing = sorted(listed - set(by_name))
-    if missing:
-        raise FileNotFoundError(f"{folds_file} lists {len(missing)} clips with no WAV in {raw_dir / 'AudioWAV'}, e.g. {missing[:3]}: re-run the download")
+    check_missing("cremad", {str(folds_file): sorted(listed - set(by_name))}, {str(folds_file): len(listed)}, raw_dir / "AudioWAV",
+                  "re-run the download", max_count=0, error=FileNotFoundError)
     clips = [clip for name, clip in sorted(by_name.items()) if name in listed]
     notes |= {"split_file": str(folds_file), "unused_clips": len(by_name) - len(clips),
               "known_bad_clips_kept": [n for n in KNOWN_BAD if n in listed]}
@@ -199,7 +201,7 @@ SOURCES = {
     # OGM-GE's lists (identical in PMR, MLB and MMCosine) and MLB's VAVL partitions.
     "ogm_train": ["https://raw.githubusercontent.com/GeWu-Lab/OGM-GE_CVPR2022/65a8324464207f5efd41533cb362648c0cdee8a8/data/CREMAD/train.csv"],
     "ogm_test": ["https://raw.githubusercontent.com/GeWu-Lab/OGM-GE_CVPR2022/65a8324464207f5efd41533cb362648c0cdee8a8/data/CREMAD/test.csv"],
-    # JSON despite the .pkl name (DATASETS.md 1.3b).
+    # The file is JSON despite its .pkl name.
     "mlb_folds": ["https://raw.githubusercontent.com/kkontras/MLB/68ad48d45fe001499e1506fa9e36a793ef0e5d84/datasets/CREMAD/data_splits_VALV.pkl"],
 }
 MEDIA_FOLDERS = {"AudioWAV": ".wav", "VideoFlash": ".flv"}
@@ -233,21 +235,21 @@ def download(raw_dir: Path, source: dict, workers: int = 4) -> dict:
     raw_dir = Path(raw_dir)
     urls = SOURCES | source
     patience = {"retries": source.get("retries", 5), "backoff": source.get("backoff", 1.0)}
-    zip_path = dl.download(urls["pointers"], raw_dir / "downloads" / "crema-d-pointers.zip", **patience)
-    repo_dir = _single_folder(dl.extract(zip_path, raw_dir / "downloads" / "pointers"))
+    zip_path = http.download(urls["pointers"], raw_dir / "downloads" / "crema-d-pointers.zip", **patience)
+    repo_dir = _single_folder(archives.extract(zip_path, raw_dir / "downloads" / "pointers"))
     objects = read_pointers(repo_dir)
 
     def fetch(obj: LfsObject) -> str | None:
         try:
-            dl.download([m.format(path=obj.path) for m in urls["media_mirrors"]], raw_dir / obj.path, size=obj.size, sha256=obj.sha256, **patience)
+            http.download([m.format(path=obj.path) for m in urls["media_mirrors"]], raw_dir / obj.path, size=obj.size, sha256=obj.sha256, **patience)
             return None
-        except dl.DownloadError as error:
+        except http.DownloadError as error:
             return f"{obj.path}: {error}"
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         failures = [f for f in pool.map(fetch, objects) if f]
     if failures:
-        raise dl.DownloadError(
+        raise http.DownloadError(
             f"CREMA-D: {len(failures)} of {len(objects)} media files could not be fetched and verified; the "
             f"{len(objects) - len(failures)} verified ones are kept, so re-running resumes. First failures:\n  " + "\n  ".join(failures[:5])
         )
@@ -256,13 +258,13 @@ def download(raw_dir: Path, source: dict, workers: int = 4) -> dict:
     shutil.copyfile(repo_dir / "processedResults" / "summaryTable.csv", summary)
     splits = raw_dir / "splits"
     for key, name in [("ogm_train", "train.csv"), ("ogm_test", "test.csv"), ("mlb_folds", "data_splits_VALV.json")]:
-        dl.download(urls[key], splits / name, **patience)
+        http.download(urls[key], splits / name, **patience)
     return {
         "repository_commit": REPOSITORY_COMMIT,
         "media_files": len(objects),
         "media_bytes": sum(o.size for o in objects),
         "verified": "sha256 and size of every media file against its LFS pointer",
-        "split_files": {name: dl.file_digest(splits / name) for name in ("train.csv", "test.csv", "data_splits_VALV.json")},
+        "split_files": {name: http.file_digest(splits / name) for name in ("train.csv", "test.csv", "data_splits_VALV.json")},
     }
 
 

@@ -1,50 +1,45 @@
-"""Kinetics-Sounds (KS): the 31 sound-making classes of Kinetics-400, as the
-GeWu-Lab papers use them (DATASETS.md section 4).
+"""Kinetics-Sounds (KS): the 31 sound-making classes of Kinetics-400, as the GeWu-Lab papers use them
+(the class list of Arandjelović & Zisserman, "Look, Listen and Learn", ICCV 2017, mapped to Kinetics-400 names).
 
-Media: the CVDF copy of Kinetics-400 on S3. Each K400 split has a text file of
-`.tar.gz` shard URLs; a shard holds flat `<ytid>_<start:06d>_<end:06d>.mp4`
-clips of every class (shards are not grouped by class), so every shard is
-fetched, and after extraction only the clips named by the KS split lists are
-kept. Shards are processed one by one (at most `workers` at a time) and
-deleted when done, so disk use stays bounded by a few shards plus the KS clips.
-A progress file, `k400_progress.json` in the raw folder, lists the processed
-shards; a later call skips them (resume). A shard's `.tar.gz` that breaks off
-mid-transfer resumes through `download.download`; one that is truncated at the
-source fails extraction and is moved aside as `.corrupt` (re-fetched next run).
-`replacement_for_corrupted_k400.tgz` holds re-encoded copies of ~1,400
-corrupted clips; they win over the shard copies.
+Media: the CVDF copy of Kinetics-400 on S3 (cvdfoundation/kinetics-dataset). Each K400 split has a text
+file of `.tar.gz` shard URLs; a shard holds flat `<ytid>_<start:06d>_<end:06d>.mp4` clips of every class
+(shards are not grouped by class), so every shard is fetched, and after extraction only the clips named
+by the KS split lists are kept. Shards are processed one by one (at most `workers` at a time) and deleted
+when done, so disk use stays bounded by a few shards plus the KS clips. A progress file,
+`k400_progress.json` in the raw folder, lists the processed shards; a later call skips them (resume). A
+shard's `.tar.gz` that breaks off mid-transfer resumes through `http.download`; one that is truncated at
+the source fails extraction and is moved aside as `.corrupt` (re-fetched next run).
+`replacement_for_corrupted_k400.tgz` holds re-encoded copies of ~1,400 corrupted clips; they win over the
+shard copies.
 
-No checksums are published for any of these files: shards are verified by tar
-integrity (full decompression during extraction), everything else is recorded
-as "unverified: none published" with its size.
+No checksums are published for any of these files: shards are verified by tar integrity (full
+decompression during extraction), everything else is recorded as "unverified: none published" with its size.
 
 Split lists (pinned at the commits where they were read):
 * OGM-GE `data/KineticSound/my_train.txt` / `my_test.txt`: `<name>,10,<label index>`;
 * BML `code/dataset/KS_train_val.json`: `{"labels": [...], "database":
   {name: {"subset": training|validation|testing, "label": <name_with_underscores>}}}`.
-Train names are `<ytid>_<start:06d>_<end:06d>`, val/test names `<ytid>_<start>`
-(unpadded), so clips are keyed by (YouTube id, start second); YouTube ids are
-11 characters of `[A-Za-z0-9_-]` and may start with '-' and contain '_'.
+Train names are `<ytid>_<start:06d>_<end:06d>`, val/test names `<ytid>_<start>` (unpadded), so clips are
+keyed by (YouTube id, start second); YouTube ids are 11 characters of `[A-Za-z0-9_-]` and may start with
+'-' and contain '_'.
 
-Protocol "ogm_ge": train = my_train.txt (14,799), val = BML `validation`
-(1,320), test = my_test.txt (2,597). A catalog clip is named after its media
-file's stem (`<ytid>_<start:06d>_<end:06d>`), grouped by YouTube id.
+Protocol "ogm_ge": train = my_train.txt (14,799), val = BML `validation` (1,320), test = my_test.txt
+(2,597). A catalog clip is named after its media file's stem (`<ytid>_<start:06d>_<end:06d>`), grouped by
+YouTube id.
 
-`source` keys (all optional):
+`source` keys (all optional; `file://` URLs work for user copies):
   base_url        CVDF root, default https://s3.amazonaws.com/kinetics/400
   path_lists      {train|val|test: [urls]}   shard lists (mirrors in order)
   annotations     {train|val|test: [urls]}   K400 csv files
   replacement     [urls]                      replacement_for_corrupted_k400.tgz
   split_lists     {ogm_train|ogm_test|bml: [urls]}
-  checksums       {"<split>/<shard file>" or file name: sha256}  user-recorded
-                  hashes (none are published); checked when given
-  keep_all        false (default): keep only the KS clips of each shard;
-                  true: keep every clip of Kinetics-400
-  retries, backoff, timeout   passed to download.download
-`file://` URLs work for user copies.
+  checksums       {"<split>/<shard file>" or file name: sha256}  user-recorded hashes (none are
+                  published); checked when given
+  keep_all        false (default): keep only the KS clips of each shard; true: keep every clip of K400
+  retries, backoff, timeout   passed to http.download
 
-build_catalog `options`: folds (3), max_missing_fraction (0.05: share of a
-split's listed clips that may lack media, Kinetics has link rot).
+build_catalog `options`: folds (3), max_missing_fraction (0.05: share of a split's listed clips that may
+lack media, Kinetics has link rot).
 """
 
 from __future__ import annotations
@@ -59,15 +54,17 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mmbalance.data import download as dl
-from mmbalance.data.catalog import Catalog, Clip, SplitMismatchError, check_counts
+import pandas as pd
+
+from mmbalance.data.catalog import Catalog, Clip, SplitMismatchError, check_counts, check_missing
+from mmbalance.data.fetching import archives, http
 from mmbalance.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
 DATASET = "kinetics_sounds"
 
-# Alphabetical = label index of GeWu-Lab's lists (DATASETS.md 4.3).
+# Alphabetical = label index of GeWu-Lab's lists (the `labels` of BML's code/dataset/KS_train_val.json).
 CLASSES = (
     "blowing nose", "blowing out candles", "bowling", "chopping wood", "dribbling basketball",
     "laughing", "mowing lawn", "playing accordion", "playing bagpipes", "playing bass guitar",
@@ -81,8 +78,7 @@ K400_BASE = "https://s3.amazonaws.com/kinetics/400"
 K400_SPLITS = ("train", "val", "test")
 REPLACEMENT = "replacement_for_corrupted_k400.tgz"
 
-# Full commits of the stored versions of the split files (DATASETS.md cites
-# OGM-GE 343dc1d and BML 4b3aa4f; these are the commits the files were read at).
+# Full commits of GeWu-Lab/OGM-GE_CVPR2022 and GeWu-Lab/BML_TPAMI2024 at which the split files were read.
 OGM_GE_COMMIT = "149c68e5987f92484dd30cd468d444f6d98f57bd"
 BML_COMMIT = "8db168f1a08c030abd0f9524ec02a48e4cb977d2"
 SPLIT_FILES = {  # key -> (file name in raw_dir/splits, default URLs)
@@ -93,7 +89,7 @@ SPLIT_FILES = {  # key -> (file name in raw_dir/splits, default URLs)
 BML_SUBSETS = {"training": "train", "validation": "val", "testing": "test"}
 
 EXPECTED_COUNTS = {"ogm_ge": {"train": 14799, "val": 1320, "test": 2597}}
-# Per-class train / val / test of the BML json (DATASETS.md 4.4), in CLASSES order.
+# Per-class train / val / test of the BML json (counted from KS_train_val.json at BML_COMMIT), in CLASSES order.
 _PER_CLASS = (
     (268, 44, 81), (690, 45, 92), (607, 40, 87), (512, 42, 87), (497, 43, 87), (445, 40, 68), (635, 46, 90),
     (478, 41, 90), (457, 45, 86), (605, 43, 79), (563, 48, 91), (486, 46, 88), (604, 42, 73), (592, 47, 85),
@@ -163,7 +159,7 @@ def read_bml_json(path: Path) -> dict[str, dict[tuple[str, int], tuple[str, int]
     data = json.loads(path.read_text(encoding="utf-8-sig"))
     labels = [label.replace("_", " ") for label in data.get("labels", [])]
     if tuple(labels) != CLASSES:
-        raise SplitMismatchError(f"{path}: 'labels' is not the 31-class KS list of DATASETS.md 4.3 (got {len(labels)}: {labels[:3]}...)")
+        raise SplitMismatchError(f"{path}: 'labels' is not the 31-class KS list of CLASSES (got {len(labels)}: {labels[:3]}...)")
     splits: dict[str, dict] = {split: {} for split in K400_SPLITS}
     for name, entry in data.get("database", {}).items():
         subset, label = entry.get("subset"), entry.get("label", "").replace("_", " ")
@@ -216,7 +212,7 @@ def protocol_lists(raw_dir: Path, protocol: str) -> tuple[dict[str, dict], dict]
 
 
 def _check_split(rows: dict, split: str, protocol: str, source: Path) -> None:
-    advice = "Is it the file of the pinned commit (DATASETS.md 4.4)?"
+    advice = f"Is it the file of the pinned commit (OGM-GE {OGM_GE_COMMIT[:7]}, BML {BML_COMMIT[:7]})?"
     check_counts(DATASET, {split: len(rows)}, {split: EXPECTED_COUNTS[protocol][split]}, str(source), advice)
     per_class = Counter(CLASSES[label] for _, label in rows.values())
     expected = EXPECTED_CLASS_COUNTS.get(protocol, {}).get(split)
@@ -286,7 +282,7 @@ def _raise_failures(futures: list, jobs: list) -> None:
         raise failed[0][1]
     if failed:
         detail = "; ".join(f"{split} {url or REPLACEMENT}: {exc}" for (split, url), exc in failed)
-        raise dl.DownloadError(f"{DATASET}: {len(failed)} shards failed (the others are recorded in {PROGRESS} and "
+        raise http.DownloadError(f"{DATASET}: {len(failed)} shards failed (the others are recorded in {PROGRESS} and "
                                f"will be skipped next time): {detail}") from failed[0][1]
 
 
@@ -304,9 +300,9 @@ class _Fetcher:
 
     def small(self, urls, dest: Path) -> dict:
         """A list or csv file: fetched once, recorded with its size."""
-        dl.download(urls, dest, sha256=self.checksums.get(dest.name), **self.options)
+        http.download(urls, dest, sha256=self.checksums.get(dest.name), **self.options)
         return {"size": dest.stat().st_size, "sha256": self.checksums.get(dest.name, UNVERIFIED),
-                "sha256_of_download": dl.file_digest(dest)}
+                "sha256_of_download": http.file_digest(dest)}
 
     def shard(self, split: str, urls, wanted: set) -> dict:
         """Fetch, extract and filter one shard unless the progress file lists it."""
@@ -318,18 +314,18 @@ class _Fetcher:
                 log.info("%s already processed (%s); skipping", record_key, PROGRESS)
                 return self.progress["shards"][record_key]
         archive = self.raw_dir / SHARD_DIR / split / name
-        dl.download(urls, archive, sha256=self.checksums.get(record_key), **self.options)
+        http.download(urls, archive, sha256=self.checksums.get(record_key), **self.options)
         size = archive.stat().st_size
         unpacked = archive.with_name(archive.name + ".d")
         try:
-            dl.extract(archive, unpacked)
-        except dl.UnsafeArchiveError:
+            archives.extract(archive, unpacked)
+        except archives.UnsafeArchiveError:
             raise
-        except dl.ExtractError as exc:
+        except archives.ExtractError as exc:
             # Keep the bad bytes for inspection, but out of the way so the next run fetches the shard again.
             kept_aside = archive.with_name(archive.name + ".corrupt")
             os.replace(archive, kept_aside)
-            raise dl.ExtractError(f"{DATASET}: shard {record_key} from {urls[0]} is not a complete tar archive "
+            raise archives.ExtractError(f"{DATASET}: shard {record_key} from {urls[0]} is not a complete tar archive "
                                   f"({exc}); moved to {kept_aside}, run the download again to re-fetch it") from exc
         kept = _keep_clips(unpacked, self.raw_dir / MEDIA_DIR / split, None if self.keep_all else wanted)
         record = {"size": size, "sha256": self.checksums.get(record_key, UNVERIFIED),
@@ -370,8 +366,6 @@ def media_index(raw_dir: Path) -> dict[tuple[str, int], Path]:
 
 def k400_labels(raw_dir: Path) -> dict[tuple[str, int], str]:
     """(YouTube id, start) -> K400 label from the annotation csvs that are present."""
-    import pandas as pd
-
     labels = {}
     for split in K400_SPLITS:
         path = Path(raw_dir) / "annotations" / f"{split}.csv"
@@ -401,7 +395,9 @@ def build_catalog(raw_dir: Path, protocol: str, options: dict) -> Catalog:
             clips.append(Clip(clip_name, label, key[0], path, path))
             folds[split].append(clip_name)
         missing[split] = {"count": len(absent), "listed": len(rows), "names": sorted(absent)}
-    _check_missing(missing, options.get("max_missing_fraction", 0.05), raw_dir)
+    check_missing(DATASET, {s: m["names"] for s, m in missing.items()}, {s: m["listed"] for s, m in missing.items()},
+                  raw_dir / MEDIA_DIR, f"finish the download, or raise datasets.{DATASET}.catalog.max_missing_fraction",
+                  max_fraction=options.get("max_missing_fraction", 0.05), error=MissingMediaError)
     notes |= {
         "missing": missing,
         "replacements_used": sum(1 for c in clips if c.video.parent.name == "replacement"),
@@ -411,12 +407,3 @@ def build_catalog(raw_dir: Path, protocol: str, options: dict) -> Catalog:
     catalog = Catalog(DATASET, protocol, list(CLASSES), clips, {1: folds}, raw_dir, notes)
     catalog.replicate_folds(options.get("folds", 3))
     return catalog
-
-
-def _check_missing(missing: dict, max_fraction: float, raw_dir: Path) -> None:
-    too_many = {s: m for s, m in missing.items() if m["listed"] and m["count"] / m["listed"] > max_fraction}
-    if too_many:
-        detail = "; ".join(f"{s}: {m['count']} of {m['listed']} clips have no media ({m['count'] / m['listed']:.1%}), "
-                           f"e.g. {m['names'][:3]}" for s, m in too_many.items())
-        raise MissingMediaError(f"{DATASET}: {detail} under {raw_dir / MEDIA_DIR} (more than max_missing_fraction "
-                                f"{max_fraction:.1%}); finish the download, or raise datasets.{DATASET}.catalog.max_missing_fraction")

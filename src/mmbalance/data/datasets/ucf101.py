@@ -1,67 +1,55 @@
-"""UCF101 restricted to the 51 classes with audio, as MLB uses it (DATASETS.md 3).
+"""UCF101 restricted to the 51 classes with audio, as MLB uses it (Kontras et al., BMVC 2024, kkontras/MLB).
 
 Raw folder (`resources/raw/ucf101/`) after `download`:
 
-* `UCF101.rar` -> `UCF101/UCF-101/<Class>/v_<Class>_gGG_cCC.avi` (13,320 clips, XviD,
-  MP3 audio in about half of them). Extraction needs an external RAR reader
-  (unar or bsdtar from Debian main; unrar or 7z with the RAR codec also work).
-* `UCF101TrainTestSplits-RecognitionTask.zip` -> `splits/ucfTrainTestlist/` with
-  `classInd.txt`, `trainlist0{1,2,3}.txt` (`Class/v_Class_gGG_cCC.avi <1-based idx>`)
-  and `testlist0{1,2,3}.txt` (no label); CRLF line ends.
-* `audio_probe.csv`: which clip has audio, written by `build_catalog` on its first
-  run (probing 13,320 clips takes minutes; later runs read it back).
+* `UCF101.rar` -> `UCF101/UCF-101/<Class>/v_<Class>_gGG_cCC.avi` (13,320 clips, XviD, MP3 audio in about
+  half of them). Extraction needs an external RAR reader (unar or bsdtar from Debian main; unrar or 7z
+  with the RAR codec also work).
+* `UCF101TrainTestSplits-RecognitionTask.zip` -> `splits/ucfTrainTestlist/` with `classInd.txt`,
+  `trainlist0{1,2,3}.txt` (`Class/v_Class_gGG_cCC.avi <1-based idx>`) and `testlist0{1,2,3}.txt` (no
+  label); CRLF line ends.
+* `audio_probe.csv`: which clip has audio, written by `build_catalog` on its first run (media.probe_audio;
+  later runs read it back).
 
 `source` keys (all optional; the config's `datasets.ucf101.source`):
 
-* `videos`: the video archive's URLs, tried in order (a `file://` URL reads a copy
-  you have), or a dict `{urls, size, md5, sha256}` overriding any of the
-  published values (a value of null skips that check).
+* `videos`: the video archive's URLs, tried in order (a `file://` URL reads a copy you have), or a dict
+  `{urls, size, md5, sha256}` overriding any of the published values (a value of null skips that check).
 * `splits`: the split zip, same forms.
-* `archive`: `rar` (default, CRCV's UCF101.rar) or `tfds_zip`: the zip mirror that
-  TensorFlow Datasets uses (`UCF101_videos.zip` on storage.googleapis.com, sha256
-  published by TFDS; no RAR reader needed). Its inner layout was not checked, so
-  clips are found by file name anywhere under the extracted folder.
-* `retries`, `timeout`, `backoff`: passed to `download.download`.
+* `archive`: `rar` (default, CRCV's UCF101.rar) or `tfds_zip`: the zip mirror that TensorFlow Datasets
+  uses (`UCF101_videos.zip` on storage.googleapis.com, sha256 published by TFDS; no RAR reader needed).
+  Its inner layout was not checked, so clips are found by file name anywhere under the extracted folder.
+* `retries`, `timeout`, `backoff`: passed to `http.download`.
 
-Protocol `mlb` (MLB's `UCF101_Dataset.py`): fold k = official split k (k = 1..3);
-test = testlist0k; validation = 10% (`val_fraction`) of the training GROUPS
-(`Class_gGG`), stratified by class and drawn with `seed`, so validation groups never
-share a person/scene with training groups. The label is the index of the class
-folder (never the file name: `HandstandPushups/v_HandStandPushups_...`) in CLASSES,
-the 51 audio classes in ascending classInd order (MLB's private `class_change.pkl`
-mapping is unverified; see DATASETS.md 3.3). Clips without an audio stream, or
-whose audio decodes to fewer than 2 samples, are dropped here, as MLB drops them;
-clips with fewer than 4 frames at 1 fps are dropped at preprocessing by the
+Protocol `mlb` (MLB's `datasets/UCF101/UCF101_Dataset.py`): fold k = official split k (k = 1..3); test =
+testlist0k; validation = 10% (`val_fraction`) of the training GROUPS (`Class_gGG`), stratified by class
+and drawn with `seed`, so validation groups never share a person/scene with training groups. The label
+is the index of the class folder (never the file name: `HandstandPushups/v_HandStandPushups_...`) in
+CLASSES, the 51 audio classes in ascending classInd order (MLB's private `class_change.pkl` mapping is
+unverified). Clips without an audio stream, or whose audio decodes to fewer than 2 samples, are dropped
+here, as MLB drops them; clips with fewer than 4 frames at 1 fps are dropped at preprocessing by the
 `mlb_ucf101` recipe (short_clips: skip).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import random
 import re
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-import pandas as pd
-
-from mmbalance.data import download as dl
 from mmbalance.data import media
-from mmbalance.data.catalog import Catalog, Clip, SplitMismatchError, check_counts
-from mmbalance.io import write_text_atomic
-
-log = logging.getLogger(__name__)
+from mmbalance.data.catalog import Catalog, Clip, SplitMismatchError, carve_validation, check_counts
+from mmbalance.data.fetching import archives, http
 
 DATASET = "ucf101"
 PROTOCOLS = ("mlb",)
 SPLITS = (1, 2, 3)
 
-# classInd.txt index (1-based) of the 51 classes UCF101 added to UCF50: the ones with audio
-# (DATASETS.md 3.3). classInd is sorted case-insensitively, so these fix the whole file.
+# classInd.txt index (1-based) of the 51 classes UCF101 added to UCF50: the ones with audio (Soomro et
+# al., UCF101, CRCV-TR-12-01, Table 1: audio in 51 actions; MLB's configs/UCF101 use num_classes 51).
+# classInd is sorted case-insensitively, so these fix the whole file.
 AUDIO_CLASS_INDEX = {
     "ApplyEyeMakeup": 1, "ApplyLipstick": 2, "Archery": 3, "BabyCrawling": 4, "BalanceBeam": 5,
     "BandMarching": 6, "BasketballDunk": 9, "BlowDryHair": 13, "BlowingCandles": 14, "BodyWeightSquats": 15,
@@ -88,7 +76,7 @@ EXCLUDED_CLASSES = (
     "TennisSwing", "ThrowDiscus", "TrampolineJumping", "VolleyballSpiking", "WalkingWithDog", "YoYo",
 )
 
-# --- sources (DATASETS.md 3.1) -------------------------------------------------
+# --- sources: CRCV's download page (crcv.ucf.edu/data/UCF101.php), and TFDS's mirror ----------------
 
 VIDEOS_RAR = {
     "name": "UCF101.rar",
@@ -124,13 +112,13 @@ SPLIT_FOLDERS = ("splits/ucfTrainTestlist", "ucfTrainTestlist")
 PROBE_CACHE = "audio_probe.csv"
 SOURCE_KEYS = {"videos", "splits", "archive", "retries", "timeout", "backoff"}
 
-# Rows of the 51 classes in the official lists, before dropping clips without audio
-# (DATASETS.md 3.3); "train" includes the validation groups carved out of it.
+# Rows of the 51 classes in the official lists (trainlist0k / testlist0k.txt), before dropping clips
+# without audio; "train" includes the validation groups carved out of it.
 EXPECTED_COUNTS = {"mlb": {1: {"train": 4901, "test": 1944}, 2: {"train": 4930, "test": 1915}, 3: {"train": 4945, "test": 1900}}}
-# Split k tests groups g(7k-6)..g(7k) (DATASETS.md 3.2).
+# Split k tests groups g(7k-6)..g(7k), as the official testlist0k.txt files do.
 TEST_GROUPS = {k: range(7 * k - 6, 7 * k + 1) for k in SPLITS}
 COUNT_ADVICE = ("Use the official UCF101TrainTestSplits-RecognitionTask.zip (sha256 5c0d1a53...); "
-                "the counts are the 51 audio classes' rows of DATASETS.md 3.3.")
+                "the counts are the 51 audio classes' rows of its trainlist0k / testlist0k.txt.")
 
 LIST_ROW = re.compile(r"^(?P<cls>[A-Za-z]+)/(?P<file>v_[A-Za-z]+_g(?P<group>\d{2})_c\d{2}\.avi)$")
 
@@ -155,7 +143,7 @@ def download(raw_dir: Path, source: dict, workers: int = 4) -> dict:
     for key, spec in (("splits", SPLITS_ZIP), ("videos", VIDEO_ARCHIVES[archive])):
         spec = _with_overrides(spec, source.get(key), key)
         path = _fetch(raw_dir, spec, transfer)
-        dl.extract(path, raw_dir / spec["extract_to"])
+        archives.extract(path, raw_dir / spec["extract_to"])
         record["files"].append(_verified_record(path, spec))
     return record
 
@@ -177,12 +165,12 @@ def _with_overrides(spec: dict, override, key: str) -> dict:
 def _fetch(raw_dir: Path, spec: dict, transfer: dict) -> Path:
     dest = raw_dir / spec["name"]
     try:
-        return dl.download(spec["urls"], dest, size=spec["size"], sha256=spec["sha256"], md5=spec["md5"], **transfer)
-    except (dl.ChecksumError, dl.NotMediaError):
+        return http.download(spec["urls"], dest, size=spec["size"], sha256=spec["sha256"], md5=spec["md5"], **transfer)
+    except (http.ChecksumError, http.NotMediaError):
         raise
-    except dl.DownloadError as error:
+    except http.DownloadError as error:
         # The CRCV host is often unreachable or has a broken TLS chain: say how to bring a copy.
-        raise dl.DownloadError(
+        raise http.DownloadError(
             f"{error}\nIf you have {spec['name']}, put it at {dest} (it is checked against the published "
             f"size/checksums) or point datasets.ucf101.source to a file:// URL of it."
         ) from error
@@ -190,10 +178,10 @@ def _fetch(raw_dir: Path, spec: dict, transfer: dict) -> Path:
 
 def _verified_record(path: Path, spec: dict) -> dict:
     checked = {name: spec[name] for name in ("size", "md5", "sha256") if spec.get(name) is not None}
-    entry = {"name": spec["name"], "size": path.stat().st_size, "sha256": dl.file_digest(path, "sha256"),
+    entry = {"name": spec["name"], "size": path.stat().st_size, "sha256": http.file_digest(path, "sha256"),
              "checked_against": checked or "unverified: none published"}
     if spec.get("md5") == VIDEOS_RAR["md5"]:
-        entry["note"] = "md5 from third-party code (DATASETS.md 3.1), not published by CRCV"
+        entry["note"] = "md5 from third-party code (a PyTorch Lightning datamodule), not published by CRCV"
     return entry
 
 
@@ -233,7 +221,7 @@ def _lines(path: Path) -> list[tuple[int, str]]:
 
 def read_class_index(path: Path) -> dict[str, int]:
     """classInd.txt (`<idx> <Class>`) as name -> 1-based index, checking the 51 audio
-    classes sit at the indices DATASETS.md gives (else the file, or the list, is wrong)."""
+    classes sit at the indices of AUDIO_CLASS_INDEX (else the file, or the list, is wrong)."""
     index = {}
     for number, line in _lines(path):
         fields = line.split()
@@ -243,7 +231,7 @@ def read_class_index(path: Path) -> dict[str, int]:
     wrong = {name: (index.get(name), want) for name, want in AUDIO_CLASS_INDEX.items() if index.get(name) != want}
     if wrong:
         detail = ", ".join(f"{name} has {have} where {want} is expected" for name, (have, want) in list(wrong.items())[:5])
-        raise SplitMismatchError(f"{path}: the 51 audio classes are not where DATASETS.md 3.3 puts them ({len(wrong)} differ: {detail})")
+        raise SplitMismatchError(f"{path}: the 51 audio classes are not at their official classInd indices ({len(wrong)} differ: {detail})")
     unknown = sorted(set(index) - set(AUDIO_CLASS_INDEX) - set(EXCLUDED_CLASSES))
     if unknown or len(index) != len(AUDIO_CLASS_INDEX) + len(EXCLUDED_CLASSES):
         raise SplitMismatchError(f"{path}: expected the 101 UCF101 classes, got {len(index)} (unknown names: {unknown[:5]})")
@@ -299,59 +287,9 @@ def _check_split(folder: Path, k: int, lists: dict[str, list[ListedClip]], proto
                      {f"{split} rows of the 51 audio classes": EXPECTED_COUNTS[protocol][k][split]}, str(path), COUNT_ADVICE)
 
 
-# --- audio presence --------------------------------------------------------------
-
-
-def has_audio(path: Path) -> bool:
-    """True when the file has an audio stream that decodes to more than one sample
-    (MLB drops clips whose audio has fewer than 2 samples). Stops at the first
-    samples, so a probe costs one packet. MediaError (kind corrupt) when undecodable."""
-    media.check_is_media(path)
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                return False
-            samples = 0
-            for frame in container.decode(audio=0):
-                samples += frame.samples
-                if samples > 1:
-                    return True
-    except av.error.FFmpegError as error:
-        raise media.MediaError(f"{path}: cannot decode ({error})", "corrupt") from error
-    return False
-
-
-def probe_audio(raw_dir: Path, videos: list[Path], workers: int = 4) -> dict[Path, str]:
-    """path -> "audio", "no_audio" or "error: <why>" for every video, probed in parallel
-    and cached in raw_dir/audio_probe.csv (keyed by path and size) so it runs once."""
-    raw_dir = Path(raw_dir)
-    cache_path = raw_dir / PROBE_CACHE
-    cached = {}
-    if cache_path.is_file():
-        table = pd.read_csv(cache_path, keep_default_na=False, dtype={"path": str, "status": str})
-        cached = {(row.path, int(row.size)): row.status for row in table.itertuples()}
-    keys = {path: (os.path.relpath(path, raw_dir), path.stat().st_size) for path in videos}
-    todo = [path for path in videos if keys[path] not in cached]
-    if todo:
-        log.info("probing %d clips for an audio track (%d cached)", len(todo), len(videos) - len(todo))
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            for path, status in zip(todo, pool.map(_probe_one, todo)):
-                cached[keys[path]] = status
-        rows = [{"path": p, "size": s, "status": status} for (p, s), status in sorted(cached.items())]
-        write_text_atomic(cache_path, pd.DataFrame(rows, columns=["path", "size", "status"]).to_csv(index=False))
-    return {path: cached[keys[path]] for path in videos}
-
-
-def _probe_one(path: Path) -> str:
-    try:
-        return "audio" if has_audio(path) else "no_audio"
-    except media.MediaError as error:
-        return f"error: {error.kind}: {error}"
-
-
 def check_audio_classes(status_by_class: dict[str, list[str]]) -> None:
     """The class list is wrong if one of the 51 has no clip with audio, or a UCF50
-    class has audio in most of its clips (DATASETS.md 3.3: audio = the 51 new classes)."""
+    class has audio in most of its clips (audio = the 51 classes UCF101 added to UCF50)."""
     problems = []
     for class_name, statuses in sorted(status_by_class.items()):
         with_audio = statuses.count("audio")
@@ -360,7 +298,7 @@ def check_audio_classes(status_by_class: dict[str, list[str]]) -> None:
         if class_name not in AUDIO_CLASS_INDEX and statuses and with_audio > len(statuses) / 2:
             problems.append(f"{class_name} (a UCF50 class, excluded) has audio in {with_audio} of {len(statuses)} clips")
     if problems:
-        raise SplitMismatchError(f"{DATASET}: the audio classes are not the 51 of DATASETS.md 3.3: {'; '.join(problems)}. "
+        raise SplitMismatchError(f"{DATASET}: the audio classes are not the 51 of AUDIO_CLASS_INDEX: {'; '.join(problems)}. "
                                  f"See {PROBE_CACHE} in the raw folder for the per-clip probe.")
 
 
@@ -392,15 +330,8 @@ def mlb_folds(listed: dict[int, dict[str, list[ListedClip]]], kept: set[str], va
     groups as listed, so the draw does not move when a clip's audio probe changes."""
     folds = {}
     for k, lists in listed.items():
-        groups_by_class = defaultdict(set)
-        for row in lists["train"]:
-            groups_by_class[row.class_name].add(row.group)
-        rng = random.Random(seed)
-        val_groups = set()
-        for class_name in CLASSES:
-            groups = sorted(groups_by_class.get(class_name, ()))
-            if len(groups) >= 2:
-                val_groups |= set(rng.sample(groups, max(1, round(val_fraction * len(groups)))))
+        audio_rows = [(row.group, CLASSES.index(row.class_name)) for row in lists["train"] if row.class_name in AUDIO_CLASS_INDEX]
+        val_groups = carve_validation(audio_rows, val_fraction, seed, "at_least_one")
         kept_train = [row for row in lists["train"] if row.name in kept]
         folds[k] = {"train": [row.name for row in kept_train if row.group not in val_groups],
                     "val": [row.name for row in kept_train if row.group in val_groups],
@@ -422,7 +353,7 @@ def build_catalog(raw_dir: Path, protocol: str, options: dict) -> Catalog:
 
     every_row = {row.file: row for lists in listed.values() for rows in lists.values() for row in rows}
     present = {f: row for f, row in every_row.items() if f in videos}
-    status = probe_audio(raw_dir, [videos[f] for f in sorted(present)], options.get("workers", 4))
+    status = media.probe_audio(raw_dir, [videos[f] for f in sorted(present)], PROBE_CACHE, options.get("workers", 4))
     status_of = {f: status[videos[f]] for f in present}
     by_class = defaultdict(list)
     for f, row in present.items():

@@ -1,4 +1,4 @@
-"""Multi-Loss (Kontras et al., BMVC 2024, Sec. 3, the unbalanced baseline of MLB): L = CE(f) + sum_m w_m CE(f_m), with f_m from
+"""Multi-Loss (Kontras et al., BMVC 2024, Sec. 3.2, the unbalanced baseline of MLB): L = CE(f) + sum_m w_m CE(f_m), with f_m from
 unimodal heads whose gradients reach the encoders. MLB's weights are all 1."""
 
 from __future__ import annotations

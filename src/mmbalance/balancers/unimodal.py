@@ -1,4 +1,4 @@
-"""Unimodal baselines (OGM-GE Table 2's "Audio-only"/"Visual-only", MLB Fig. 3): one encoder and a linear classifier,
+"""Unimodal baselines (OGM-GE Table 1's "Audio-only"/"Visual-only", MLB Fig. 3): one encoder and a linear classifier,
 trained with cross-entropy under the same recipe as the multimodal runs."""
 
 from mmbalance.balancers.base import Balancer

@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from mmbalance.config import Cell, Experiment, validate
-from mmbalance.data import cremad, features, recipes, synthetic
+from mmbalance.data import recipes, synthetic
+from mmbalance.data.datasets import cremad
+from mmbalance.data.store import features
 from mmbalance.tracking import init_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +75,7 @@ def tiny_store(tmp_path_factory, tiny_catalog) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embeddings(tmp_path_factory, tiny_catalog) -> Path:
-    from mmbalance.data import embeddings
+    from mmbalance.data.store import embeddings
 
     store = tmp_path_factory.mktemp("features") / "synthetic_cremad" / "conformer"
     embeddings.extract(tiny_catalog, store, TINY_RECIPE, TINY_CONFORMER)

@@ -1,4 +1,4 @@
-"""Writers for small stand-ins of the real datasets' files (DATASETS.md 7).
+"""Writers for small stand-ins of the real datasets' files.
 
 Same containers and codecs as the real media, tiny in size: MP4 (H.264 + AAC,
 AVE / Kinetics / VGGSound), AVI (MPEG-4 with the XVID tag + MP3, UCF101), FLV

@@ -1,5 +1,6 @@
 """AVE: split files, MLB's protocol, download/verify/extract of AVE_Dataset.zip, and
-preprocessing of the event segment, on a stand-in in the real layout (DATASETS.md 2, 7).
+preprocessing of the event segment, on a stand-in in the real layout (that of AVE_Dataset.zip, README of
+YapengTian/AVE-ECCV18).
 
 The stand-in zip holds `AVE/<id>.mp4` (H.264 + AAC stereo 44.1 kHz, 64x48, mostly
 4 s, one 10 s), `Annotations.txt` with its header line and the three split files,
@@ -24,9 +25,11 @@ import pytest
 from http_server import FileServer
 from standins import truncate, write_mp4
 
-from mmbalance.data import ave, features, media, recipes
-from mmbalance.data import download as dl
+from mmbalance.data import media, recipes
 from mmbalance.data.catalog import Catalog, SplitMismatchError
+from mmbalance.data.datasets import ave
+from mmbalance.data.fetching import archives, http
+from mmbalance.data.store import features
 
 HEADER = "Category&VideoID&Quality&StartTime&EndTime"
 MALE, FEMALE, BELL, VIOLIN = "Male speech, man speaking", "Female speech, woman speaking", "Church bell", "Violin, fiddle"
@@ -110,7 +113,7 @@ def server():
 def no_backoff(monkeypatch):
     """Retries of download.download wait 1 s, 2 s...; record the waits instead."""
     waits = []
-    monkeypatch.setattr(dl.time, "sleep", waits.append)
+    monkeypatch.setattr(http.time, "sleep", waits.append)
     return waits
 
 
@@ -173,7 +176,7 @@ def synthetic_ids(count: int, seed: int = 0) -> list[str]:
 
 
 def write_full_size_tree(root: Path, media: bool = True) -> dict:
-    """Split lists with the published sizes (DATASETS.md 2.3): 3,339/402/402 rows,
+    """Split lists with the published sizes (PMR data/AVE/ = MLB datasets/AVE/): 3,339/402/402 rows,
     3,312/401/402 ids, 27 ids repeated inside train and 1 inside val, 10 train ids
     also in val and 8 also in test (other label), the `&0&0` row in train;
     4,097 distinct videos, every class used. Media are empty files (or absent)."""
@@ -281,8 +284,8 @@ def test_a_copy_downloaded_in_a_browser_is_used_via_file_url(tmp_path, standin, 
     copy = tmp_path / "Downloads" / "AVE_Dataset.zip"
     copy.parent.mkdir()
     copy.write_bytes(standin.zip_bytes())
-    record = ave.download(tmp_path / "raw", {"urls": [copy.as_uri()], "sha256": dl.file_digest(copy)})
-    assert record["archive"]["sha256"] == dl.file_digest(copy)
+    record = ave.download(tmp_path / "raw", {"urls": [copy.as_uri()], "sha256": http.file_digest(copy)})
+    assert record["archive"]["sha256"] == http.file_digest(copy)
     assert record["archive"]["published_checksum"] == "matched source.sha256"
 
 
@@ -299,7 +302,7 @@ def test_drive_html_page_is_not_media_with_advice(server, tmp_path):
             b"<body>Google Drive can't scan this file for viruses.</body></html>")
     urls = [server.add("/download?id=X&export=download&confirm=t", body=page, content_type="text/html"),
             server.add("/uc?export=download&id=X&confirm=t", body=page, content_type="text/html")]
-    with pytest.raises(dl.NotMediaError) as error:
+    with pytest.raises(http.NotMediaError) as error:
         ave.download(tmp_path, {"urls": urls})
     message = str(error.value)
     assert "Virus scan warning" in message and "in a browser" in message and "file:///path/to/AVE_Dataset.zip" in message
@@ -310,16 +313,16 @@ def test_pinned_checksum_mismatch_names_file_and_both_hashes(server, tmp_path, s
     body = standin.zip_bytes()
     url = server.add(ZIP_PATH, body=body)
     wrong = "0" * 64
-    with pytest.raises(dl.ChecksumError) as error:
+    with pytest.raises(http.ChecksumError) as error:
         ave.download(tmp_path, {"urls": [url], "sha256": wrong})
     message = str(error.value)
-    actual = dl.file_digest(tmp_path / "AVE_Dataset.zip.corrupt")  # the bad download is kept aside
+    actual = http.file_digest(tmp_path / "AVE_Dataset.zip.corrupt")  # the bad download is kept aside
     assert str(tmp_path / ave.ARCHIVE) in message and wrong in message and actual in message
 
 
 def test_member_escaping_the_folder_is_refused(server, tmp_path, standin):
     url = server.add(ZIP_PATH, body=standin.zip_bytes(extra={"../../evil.txt": b"x"}))
-    with pytest.raises(dl.UnsafeArchiveError, match=r"\.\./\.\./evil\.txt"):
+    with pytest.raises(archives.UnsafeArchiveError, match=r"\.\./\.\./evil\.txt"):
         ave.download(tmp_path / "raw", {"urls": [url]})
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "raw" / "AVE_Dataset").exists()
 
@@ -332,7 +335,7 @@ def test_corrupt_member_fails_extraction(server, tmp_path, standin, member):
     data_start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
     body[data_start + info.compress_size // 2] ^= 0xFF  # bad CRC-32, or a broken deflate stream
     url = server.add(ZIP_PATH, body=bytes(body))
-    with pytest.raises(dl.ExtractError, match="AVE_Dataset.zip"):
+    with pytest.raises(archives.ExtractError, match="AVE_Dataset.zip"):
         ave.download(tmp_path, {"urls": [url]})
     assert not (tmp_path / "AVE_Dataset").exists()
 
@@ -352,7 +355,7 @@ def test_standin_catalog_and_event_segment_preprocessing(tmp_path, standin, stan
     raw = tmp_path / "raw"
     archive = tmp_path / ave.ARCHIVE
     archive.write_bytes(standin.zip_bytes(top="AVE_Dataset"))
-    dl.extract(archive, raw / "AVE_Dataset")
+    archives.extract(archive, raw / "AVE_Dataset")
     catalog = ave.build_catalog(raw, "mlb", {"folds": 2})
     names = {c.name for c in catalog.clips}
     assert names == {TEN_SECONDS, f"{LEAK_ID}__train", f"{LEAK_ID}__test", REPEATED, NO_AUDIO, TRUNCATED, "gjCew0Kp0iM",

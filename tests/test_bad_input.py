@@ -12,7 +12,7 @@ import yaml
 from mmbalance import papers
 from mmbalance.config import ConfigError, Experiment
 from mmbalance.data import catalog, media, recipes, synthetic
-from mmbalance.data.features import FeatureStore, write_store
+from mmbalance.data.store.features import FeatureStore, write_store
 from mmbalance.io import write_atomic
 
 from conftest import ROOT, default_config
@@ -84,7 +84,7 @@ def folds_case(text):
 
 def catalog_case(edit):
     def case(tmp):
-        from mmbalance.data import cremad
+        from mmbalance.data.datasets import cremad
 
         raw = _tiny_media(tmp)
         out = tmp / "catalog"
@@ -127,10 +127,10 @@ def disk_full_case(tmp):
 
 def store_too_big_case(tmp, monkeypatch=None):
     raw = _tiny_media(tmp)
-    from mmbalance.data import cremad
+    from mmbalance.data.datasets import cremad
 
     cat = cremad.build_catalog(raw, "generated", {})
-    import mmbalance.data.features as features
+    import mmbalance.data.store.features as features
 
     real = shutil.disk_usage
     features.shutil.disk_usage = lambda path: real(path)._replace(free=1000)

@@ -134,3 +134,23 @@ def test_from_files_names_a_file_that_is_not_yaml(tmp_path):
     bad.write_text("grid: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml, line 2, column 1: not valid YAML"):
         Experiment.from_files(bad)
+
+
+def test_a_teacher_method_brings_its_teacher_cells_and_their_model_paths():
+    """UMT learns from the unimodal models of the same dataset, backbone, variant and fold
+    (late_linear: only the encoder is read); those cells join the grid, tuning's too."""
+    config = {"results": "results/x", "grid": {"methods": ["umt"], "fusions": ["gated"], "folds": [2, 3],
+                                               "blocks": [{"methods": ["umt"], "variants": ["tuned"], "folds": [3]}]},
+              "tuning": {"fold": 1}}
+    experiment = Experiment(config)
+    teachers = {c.path for c in experiment.cells if c.method != "umt"}
+    assert teachers == {f"synthetic_cremad/resnet18/late_linear/{m}/{v}/fold{k}"
+                        for m in ("audio_only", "video_only") for v, k in [("default", 2), ("default", 3), ("tuned", 3), ("tuned", 1)]}
+    cell = experiment.cell("synthetic_cremad", "resnet18", "gated", "umt", "default", 2)
+    assert experiment.settings(cell).method_settings["teacher_models"] == {
+        "audio": "results/x/runs/synthetic_cremad/resnet18/late_linear/audio_only/default/fold2/model.pt",
+        "video": "results/x/runs/synthetic_cremad/resnet18/late_linear/video_only/default/fold2/model.pt",
+    }
+    trial = experiment.trial_settings("synthetic_cremad", "resnet18", "gated", "umt")
+    assert trial.method_settings["teacher_models"]["audio"].endswith("late_linear/audio_only/tuned/fold1/model.pt")
+    assert "teacher_models" not in experiment.settings(experiment.cell("synthetic_cremad", "resnet18", "late_linear", "audio_only", "default", 2)).method_settings

@@ -9,8 +9,8 @@ import torch
 import torchaudio
 import torchvision
 
-from mmbalance.data.embeddings import FrozenExtractors
-from mmbalance.data.features import FeatureStore
+from mmbalance.data.store.embeddings import FrozenExtractors
+from mmbalance.data.store.features import FeatureStore
 from mmbalance.models.multimodal import build_model
 from mmbalance.models.pretrained import MissingWeightsError, build_efficientnet_b2, build_wav2vec2, resolve_weights
 from mmbalance.train import train

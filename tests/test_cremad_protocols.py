@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from mmbalance.data import cremad
+from mmbalance.data.catalog import check_counts
+from mmbalance.data.datasets import cremad
 
 
 def names(count, emotions=cremad.EMOTIONS):
@@ -53,18 +54,18 @@ def test_the_published_sizes_pass_and_others_stop_the_run(tmp_path):
     all_names = names(7442)
     folds = cremad.ogm_protocol_folds(all_names[:6698], all_names[6698:])
     as_sets = {1: {split: set(members) for split, members in folds["1"].items()}}
-    cremad.check_split_counts(as_sets, "ogm", tmp_path / "splits.json")
+    check_counts("cremad", *cremad.fold_sizes(as_sets, "ogm"), str(tmp_path / "splits.json"))
     per_class = Counter(cremad.parse_clip_name(n)["emotion"] for n in all_names[:6698])
     assert len(as_sets[1]["val"]) == sum(round(0.1 * c) for c in per_class.values()) and len(as_sets[1]["test"]) == 744
 
     mlb = {k: {"train": set(names(a)), "val": set(names(b)), "test": set(names(c))}
            for k, (a, b, c) in cremad.EXPECTED_COUNTS["mlb"].items()}
-    cremad.check_split_counts(mlb, "mlb", tmp_path / "data_splits_VALV.json")
+    check_counts("cremad", *cremad.fold_sizes(mlb, "mlb"), str(tmp_path / "data_splits_VALV.json"))
     mlb[2]["test"].pop()
     del mlb[3]
     with pytest.raises(ValueError) as error:
-        cremad.check_split_counts(mlb, "mlb", tmp_path / "data_splits_VALV.json")
+        check_counts("cremad", *cremad.fold_sizes(mlb, "mlb"), str(tmp_path / "data_splits_VALV.json"))
     message = str(error.value)
-    assert "data_splits_VALV.json: not the mlb protocol's split" in message
-    assert "fold 2 has train/val/test (4024, 881, 914), the published split has (4024, 881, 915)" in message
-    assert "fold 3 is missing" in message
+    assert "data_splits_VALV.json does not hold the published split" in message
+    assert "fold 2 train/val/test: (4024, 881, 914) where the paper's split has (4024, 881, 915)" in message
+    assert "fold 3 train/val/test: missing where the paper's split has (4017, 869, 934)" in message

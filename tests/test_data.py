@@ -1,19 +1,19 @@
 """The generated default in CREMA-D's real formats, media decoding and the
 feature store."""
 
-import shutil
 import csv
+import shutil
 
 import av
 import numpy as np
 import pytest
-
-from mmbalance.data import cremad, media, synthetic
-from mmbalance.data.catalog import read_folds
-from mmbalance.data.features import FeatureStore
-from mmbalance.io import file_sha256
-
 from conftest import TINY_RECIPE
+
+from mmbalance.data import media, synthetic
+from mmbalance.data.catalog import read_folds
+from mmbalance.data.datasets import cremad
+from mmbalance.data.store.features import FeatureStore
+from mmbalance.io import file_sha256
 
 
 def test_clip_names_are_cremad_names(tiny_raw):
@@ -80,7 +80,7 @@ def test_generation_is_deterministic(tmp_path, tiny_generator_settings, tiny_raw
 
 
 def test_recipe_a_spectrogram_shape(tiny_raw):
-    """DATASETS.md 1.4: 22.05 kHz, tiled to 3 s, STFT 512/353 -> 257 x 188."""
+    """Recipe A (OGM-GE dataset/CramedDataset.py): 22.05 kHz, tiled to 3 s, STFT 512/353 -> 257 x 188."""
     wav = next((tiny_raw / "AudioWAV").glob("*.wav"))
     waveform = media.fit_length(media.decode_audio(wav, 22050), 66150)
     assert media.LogSpectrogram(512, 353)(waveform).shape == (257, 188)

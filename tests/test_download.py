@@ -22,17 +22,9 @@ import pytest
 from http_server import FileServer
 from standins import rar4
 
-from mmbalance.data import download as dl
-from mmbalance.data.download import (
-    ChecksumError,
-    DownloadError,
-    ExtractError,
-    MissingToolError,
-    NotMediaError,
-    UnsafeArchiveError,
-    download,
-    extract,
-)
+import mmbalance.data.fetching.archives as archives_module
+from mmbalance.data.fetching.archives import ExtractError, MissingToolError, UnsafeArchiveError, extract
+from mmbalance.data.fetching.http import ChecksumError, DownloadError, NotMediaError, download
 
 BODY = bytes(range(256)) * 1200 + b"tail"  # 307,204 bytes, more than one read chunk
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -290,7 +282,7 @@ def test_zip_extracts_and_second_call_skips(tmp_path, archives):
     extract(archive, target)
     assert (target / "AVE" / "-0A9suni5YA.mp4").read_bytes() == b"video"
     assert (target / "Annotations.txt").read_bytes() == b"Category&ID\n"
-    assert '"archive": "AVE_Dataset.zip"' in (target / dl.MARKER).read_text()
+    assert '"archive": "AVE_Dataset.zip"' in (target / archives_module.MARKER).read_text()
     assert sorted(p.name for p in target.parent.iterdir()) == ["ave"]  # staging dir renamed away
 
     (target / "Annotations.txt").write_bytes(b"edited")
@@ -383,11 +375,53 @@ def test_non_empty_target_without_marker_is_refused(tmp_path, archives):
     assert sorted(p.name for p in target.iterdir()) == ["mine.txt"]
 
 
+def test_streamed_tar_gz_is_flat_and_counts_in_the_marker(tmp_path, archives):
+    archive = make_tar(archives / "part.tar.gz", [("a/one.mp4", b"1", None), ("b/one.mp4", b"dup", None),
+                                                  ("b/two.mp4", b"2", None), ("notes.txt", b"n", None)])
+    target = tmp_path / "out" / "part"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".part.x1.extracting").mkdir()  # left by an interrupted run: removed
+    extract(archive, target, stream=True, keep_only=".mp4", record={"sha256": "ab"})
+    assert sorted(p.name for p in target.iterdir()) == [archives_module.MARKER, "one.mp4", "two.mp4"]
+    assert (target / "one.mp4").read_bytes() == b"1"  # the first of a repeated name wins
+    record = archives_module.extraction_record(target)
+    assert {k: record[k] for k in ("archive", "sha256", "mp4_members", "other_members_skipped",
+                                   "duplicate_members_skipped", "complete", "damage")} == {
+        "archive": "part.tar.gz", "sha256": "ab", "mp4_members": 2, "other_members_skipped": 1,
+        "duplicate_members_skipped": 1, "complete": True, "damage": None}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["part"]
+
+
+def test_streamed_damage_is_an_error_or_kept_up_to_it(tmp_path, archives):
+    whole = make_tar(archives / "whole.tar.gz", [(f"clip{i}.mp4", os.urandom(20_000), None) for i in range(5)])
+    broken = archives / "broken.tar.gz"
+    broken.write_bytes(whole.read_bytes()[:-4])  # the gzip trailer lost: every member is whole
+    with pytest.raises(archives_module.DamagedArchiveError, match="truncated.*5 complete members came before it"):
+        extract(broken, tmp_path / "out" / "a", stream=True)
+    assert not (tmp_path / "out" / "a").exists()
+    extract(broken, tmp_path / "out" / "b", stream=True, tolerate_damage=True)
+    record = archives_module.extraction_record(tmp_path / "out" / "b")
+    assert record["members"] == 5 and record["complete"] is False and "truncated" in record["damage"]
+
+
+def test_streamed_links_are_refused(tmp_path, archives):
+    archive = make_tar(archives / "links.tar.gz", [("ok.mp4", b"fine", None), ("inside", None, "ok.mp4")])
+    with pytest.raises(UnsafeArchiveError, match="member 'inside' is a link to 'ok.mp4'"):
+        extract(archive, tmp_path / "out" / "links", stream=True)
+    assert not (tmp_path / "out" / "links").exists()
+
+
+def test_stream_options_need_stream(tmp_path, archives):
+    archive = make_tar(archives / "a.tar.gz", [("ok.mp4", b"fine", None)])
+    with pytest.raises(ValueError, match="stream=True"):
+        extract(archive, tmp_path / "out", keep_only=".mp4")
+
+
 # --- rar
 
 
 FILE, LINK = stat.S_IFREG | 0o644, stat.S_IFLNK | 0o777
-INSTALLED_RAR_TOOLS = dl.installed_rar_tools()
+INSTALLED_RAR_TOOLS = archives_module.installed_rar_tools()
 
 
 @pytest.fixture(params=INSTALLED_RAR_TOOLS or ["none"])
@@ -395,7 +429,7 @@ def rar_tool(request, monkeypatch):
     """Run a RAR test once per installed reader, each forced in turn."""
     if request.param == "none":
         pytest.skip("no RAR reader installed (apt-get install unar or libarchive-tools)")
-    monkeypatch.setattr(dl, "RAR_TOOLS", (request.param,))
+    monkeypatch.setattr(archives_module, "RAR_TOOLS", (request.param,))
     return request.param
 
 
@@ -407,7 +441,7 @@ def test_rar_extracts(tmp_path, archives, rar_tool):
     extract(archive, target)
     assert (target / "UCF-101" / "YoYo" / "v_YoYo_g01_c01.avi").read_bytes() == b"avi-bytes"
     assert (target / "UCF-101" / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi").read_bytes() == b"more"
-    assert (target / dl.MARKER).is_file()
+    assert (target / archives_module.MARKER).is_file()
 
 
 @pytest.mark.parametrize("member", ["../escape.txt", "/tmp/abs_escape_rar.txt"])
@@ -434,7 +468,7 @@ def test_rar_symlink_leading_outside_is_refused(tmp_path, archives, rar_tool):
 def test_missing_rar_tool_names_debian_packages(tmp_path, archives, monkeypatch):
     archive = archives / "UCF101.rar"
     archive.write_bytes(rar4([("a.txt", b"a", FILE)]))
-    monkeypatch.setattr(dl.shutil, "which", lambda name: None)
+    monkeypatch.setattr(archives_module.shutil, "which", lambda name: None)
     with pytest.raises(MissingToolError) as info:
         extract(archive, tmp_path / "out" / "ucf")
     message = str(info.value)

@@ -17,10 +17,11 @@ import pytest
 from http_server import FileServer
 from standins import truncate, write_mp4
 
-from mmbalance.data import download as dl
-from mmbalance.data import features, recipes
-from mmbalance.data import kinetics_sounds as ks
+from mmbalance.data import recipes
 from mmbalance.data.catalog import SplitMismatchError
+from mmbalance.data.datasets import kinetics_sounds as ks
+from mmbalance.data.fetching import archives, http
+from mmbalance.data.store import features
 
 BAGPIPES, TAPPING_PEN, BOWLING = 8, 29, 2
 BASE = "/kinetics/400"
@@ -153,7 +154,7 @@ def test_download_resumes_keeps_only_ks_clips_and_skips_processed_shards(standin
     part_1 = f"{BASE}/train/part_1.tar.gz"
     with FileServer() as server:
         source = serve(server, standin, **{part_1: {"drop_after": len(standin[part_1]) // 2}}) | {"retries": 0}
-        with pytest.raises(dl.DownloadError, match="part_1.tar.gz"):
+        with pytest.raises(http.DownloadError, match="part_1.tar.gz"):
             ks.download(raw, source, workers=2)
         progress = json.loads((raw / ks.PROGRESS).read_text())["shards"]
         assert "train/part_1.tar.gz" not in progress and "train/part_0.tar.gz" in progress
@@ -194,7 +195,7 @@ def test_truncated_shard_fails_cleanly_and_is_fetched_again(standin, tmp_path):
     broken = dict(standin) | {val: standin[val][: len(standin[val]) * 2 // 3]}
     with FileServer() as server:
         source = serve(server, broken)
-        with pytest.raises(dl.ExtractError, match=r"shard val/part_0.tar.gz from http://127.0.0.1:\d+/kinetics/400/val/part_0.tar.gz is not a complete tar"):
+        with pytest.raises(archives.ExtractError, match=r"shard val/part_0.tar.gz from http://127.0.0.1:\d+/kinetics/400/val/part_0.tar.gz is not a complete tar"):
             ks.download(tmp_path, source, workers=1)
         leftovers = sorted(p.name for p in (tmp_path / ks.SHARD_DIR / "val").iterdir())
         assert leftovers == ["part_0.tar.gz.corrupt"]  # nothing half-extracted, bad bytes aside
@@ -210,17 +211,17 @@ def test_truncated_shard_fails_cleanly_and_is_fetched_again(standin, tmp_path):
 def test_shard_with_escaping_member_is_refused(standin, tmp_path):
     test = f"{BASE}/test/part_0.tar.gz"
     evil = dict(standin) | {test: tar_gz({"../../escaped.mp4": b"x" * 100})}
-    with FileServer() as server, pytest.raises(dl.UnsafeArchiveError, match="escaped.mp4"):
+    with FileServer() as server, pytest.raises(archives.UnsafeArchiveError, match="escaped.mp4"):
         ks.download(tmp_path, serve(server, evil), workers=1)
     assert not list(tmp_path.parent.glob("escaped.mp4")) and not list(tmp_path.rglob("escaped.mp4"))
 
 
 def test_user_recorded_checksum_mismatch_names_file_and_both_hashes(standin, tmp_path):
     wrong = "0" * 64
-    actual = dl.file_digest(_write(tmp_path / "ref", standin[f"{BASE}/train/part_0.tar.gz"]))
+    actual = http.file_digest(_write(tmp_path / "ref", standin[f"{BASE}/train/part_0.tar.gz"]))
     with FileServer() as server:
         source = serve(server, standin) | {"checksums": {"train/part_0.tar.gz": wrong}, "retries": 0}
-        with pytest.raises(dl.ChecksumError) as raised:
+        with pytest.raises(http.ChecksumError) as raised:
             ks.download(tmp_path / "raw", source, workers=1)
     message = str(raised.value)
     assert "part_0.tar.gz" in message and wrong in message and actual in message
@@ -229,7 +230,7 @@ def test_user_recorded_checksum_mismatch_names_file_and_both_hashes(standin, tmp
 def test_html_page_in_place_of_a_shard_is_refused(standin, tmp_path):
     test = f"{BASE}/test/part_0.tar.gz"
     html = dict(standin) | {test: b"<!DOCTYPE html><html><body>Access denied</body></html>"}
-    with FileServer() as server, pytest.raises(dl.NotMediaError, match="(?i)html"):
+    with FileServer() as server, pytest.raises(http.NotMediaError, match="(?i)html"):
         ks.download(tmp_path, serve(server, html) | {"retries": 0}, workers=1)
 
 

@@ -1,4 +1,4 @@
-"""The papers' preprocessing recipes as presets: the shapes DATASETS.md gives,
+"""The papers' preprocessing recipes as presets: the shapes the reference loaders produce,
 the three audio front-ends, and errors that name the key."""
 
 import numpy as np

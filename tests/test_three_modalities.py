@@ -38,6 +38,10 @@ SETTINGS = {
     "mslr": {"initial_rates": {"a": 0.8, "b": 1.0, "c": 1.2}, "memory": 1},
     "olm": {},
     "agm": {},
+    "umt": {},  # teacher_models: written per test by toy_teachers
+    "modality_drop": {"modality": "a"},
+    "gradient_blending": {"super_epoch": 1},
+    "gradnorm": {},
     "pmr": {"subset_fraction": 1.0},
     "mmcosine": {},
     "multi_loss": {"weights": {}},
@@ -46,13 +50,24 @@ SETTINGS = {
 COEFFICIENT_METHODS = {"ogm", "ogm_ge", "mlb", "mslr", "agm"}
 
 
+def toy_teachers(folder) -> dict[str, str]:
+    """UMT's teachers: a unimodal toy model per modality, saved as train.write_outputs saves model.pt."""
+    paths = {}
+    for i, m in enumerate(MODALITIES):
+        paths[m] = str(folder / f"{m}_only.pt")
+        torch.save(MultimodalModel({m: ToyEncoder(5 + i)}, "late_linear", CLASSES, heads_are_probes=True).state_dict(), paths[m])
+    return paths
+
+
 @pytest.mark.parametrize("method", sorted(SETTINGS))
-def test_one_step_with_three_modalities(method):
+def test_one_step_with_three_modalities(method, tmp_path):
     torch.manual_seed(0)
     settings = default_config()["methods"][method] | SETTINGS[method]
     balancer = build_balancer(method, settings)
     encoders = {m: ToyEncoder(5 + i) for i, m in enumerate(MODALITIES)}
     model = MultimodalModel(encoders, "late_linear", CLASSES, heads_are_probes=not balancer.trains_unimodal_heads)
+    if method == "umt":
+        balancer.settings = balancer.settings | {"teacher_models": toy_teachers(tmp_path)}
     balancer.setup(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = lambda split, fraction: iter([toy_batch(1), toy_batch(2)])

@@ -18,7 +18,7 @@ import yaml
 
 from mmbalance.balancers import METHODS, method_class
 from mmbalance.config import Experiment, schema
-from mmbalance.data.features import FeatureStore
+from mmbalance.data.store.features import FeatureStore
 from mmbalance.tuning import StudySpec, apply_overrides, as_overrides, budget_table, open_study, run_trial, write_best
 
 from conftest import ROOT, TINY_PREPROCESSING

@@ -1,6 +1,6 @@
-"""UCF101-51 (DATASETS.md 3) on a stand-in in the real layout and formats.
+"""UCF101-51 (the 51 classes with audio, as MLB uses them) on a stand-in in the real layout and formats.
 
-The stand-in (DATASETS.md 7): `UCF101.rar` (stored RAR 4, backslash paths) holding
+The stand-in (tests/standins.py): `UCF101.rar` (stored RAR 4, backslash paths) holding
 `UCF-101/<Class>/v_<Class>_gGG_cCC.avi` (mpeg4/XVID + MP3 mono or stereo, 64x48) for
 three audio classes (HandstandPushups with `v_HandStandPushups_` file names) and two
 UCF50 classes without audio tracks; one audio-class clip without audio, one 2 s clip,
@@ -26,21 +26,23 @@ import pytest
 from http_server import FileServer
 from standins import rar4, truncate, write_avi
 
-from mmbalance.data import download as dl
-from mmbalance.data import features, media, ucf101
+from mmbalance.data import media
 from mmbalance.data.catalog import Catalog, SplitMismatchError
+from mmbalance.data.datasets import ucf101
+from mmbalance.data.fetching import archives, http
 from mmbalance.data.recipes import resolve
+from mmbalance.data.store import features
 
 FILE = stat.S_IFREG | 0o644
 FAST = {"retries": 0, "backoff": 0, "timeout": 5}
 needs_rar = pytest.mark.skipif(
-    not dl.installed_rar_tools(),
+    not archives.installed_rar_tools(),
     reason="no RAR reader installed (download.installed_rar_tools() is empty; apt-get install unar or libarchive-tools)",
 )
 
-# Published classInd indices of the 51 audio classes (DATASETS.md 3.3, transcribed separately
+# Official classInd.txt indices of the 51 audio classes (from the split zip, transcribed separately
 # from the module so a typo in either shows up).
-DATASETS_MD_INDICES = """ApplyEyeMakeup 1, ApplyLipstick 2, Archery 3, BabyCrawling 4, BalanceBeam 5, BandMarching 6,
+OFFICIAL_INDICES = """ApplyEyeMakeup 1, ApplyLipstick 2, Archery 3, BabyCrawling 4, BalanceBeam 5, BandMarching 6,
 BasketballDunk 9, BlowDryHair 13, BlowingCandles 14, BodyWeightSquats 15, Bowling 16, BoxingPunchingBag 17,
 BoxingSpeedBag 18, BrushingTeeth 20, CliffDiving 22, CricketBowling 23, CricketShot 24, CuttingInKitchen 25,
 FieldHockeyPenalty 29, FloorGymnastics 30, FrisbeeCatch 31, FrontCrawl 32, Haircut 34, Hammering 35, HammerThrow 36,
@@ -48,7 +50,7 @@ HandstandPushups 37, HandstandWalking 38, HeadMassage 39, IceDancing 44, Knittin
 ParallelBars 57, PlayingCello 59, PlayingDaf 60, PlayingDhol 61, PlayingFlute 62, PlayingSitar 65, Rafting 73,
 ShavingBeard 78, Shotput 79, SkyDiving 83, SoccerPenalty 85, StillRings 86, SumoWrestling 87, Surfing 88,
 TableTennisShot 90, Typing 95, UnevenBars 96, WallPushups 99, WritingOnBoard 100"""
-KNOWN_INDEX = {item.split()[0]: int(item.split()[1]) for item in DATASETS_MD_INDICES.replace("\n", " ").split(", ")}
+KNOWN_INDEX = {item.split()[0]: int(item.split()[1]) for item in OFFICIAL_INDICES.replace("\n", " ").split(", ")}
 
 
 def class_ind_lines() -> list[str]:
@@ -261,12 +263,12 @@ def test_wrong_label_and_wrong_test_group_are_refused(tmp_path):
 
 def test_has_audio_on_each_kind_of_clip(standin):
     tree = standin["tree"]
-    assert ucf101.has_audio(tree / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi")  # stereo
-    assert ucf101.has_audio(tree / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi")  # mono
-    assert not ucf101.has_audio(tree / "PlayingDhol" / "v_PlayingDhol_g22_c02.avi")
-    assert not ucf101.has_audio(tree / "YoYo" / "v_YoYo_g01_c01.avi")
+    assert media.has_audio(tree / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi")  # stereo
+    assert media.has_audio(tree / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi")  # mono
+    assert not media.has_audio(tree / "PlayingDhol" / "v_PlayingDhol_g22_c02.avi")
+    assert not media.has_audio(tree / "YoYo" / "v_YoYo_g01_c01.avi")
     with pytest.raises(media.MediaError) as info:
-        ucf101.has_audio(tree / "PlayingDhol" / "v_PlayingDhol_g23_c02.avi")
+        media.has_audio(tree / "PlayingDhol" / "v_PlayingDhol_g23_c02.avi")
     assert info.value.kind == "corrupt" and "v_PlayingDhol_g23_c02.avi" in str(info.value)
 
 
@@ -312,7 +314,7 @@ def test_catalog_and_store_on_the_standin(standin, tmp_path, catalog_counts, mon
     probe = pd.read_csv(raw / ucf101.PROBE_CACHE)
     assert len(probe) == sum(kind != "absent" for *_, kind in STANDIN)
     assert set(probe.loc[probe["path"].str.contains("YoYo|Basketball"), "status"]) == {"no_audio"}
-    monkeypatch.setattr(ucf101, "has_audio", lambda path: pytest.fail(f"probed {path} again"))
+    monkeypatch.setattr(media, "has_audio", lambda path: pytest.fail(f"probed {path} again"))
     assert sorted(c.name for c in ucf101.build_catalog(raw, "mlb", {"folds": 3}).clips) == names
 
     catalog.write(tmp_path / "catalog")
@@ -358,7 +360,7 @@ def test_download_resumes_extracts_and_records(standin, tmp_path, server, catalo
     rar_url = server.add("/data/UCF101/UCF101.rar", body=standin["rar"], drop_after=len(standin["rar"]) // 2)
     zip_url = server.add("/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip", body=standin["splits_zip"])
     raw = tmp_path / "raw"
-    with pytest.raises(dl.DownloadError, match=r"(?s)connection closed after .*put it at .*UCF101.rar"):
+    with pytest.raises(http.DownloadError, match=r"(?s)connection closed after .*put it at .*UCF101.rar"):
         ucf101.download(raw, sources(standin, rar_url, zip_url))
     record = ucf101.download(raw, sources(standin, rar_url, zip_url))
     assert [r["range"] for r in server.requests_for("/data/UCF101/UCF101.rar")] == [None, f"bytes={len(standin['rar']) // 2}-"]
@@ -394,7 +396,7 @@ def test_escaping_rar_member_is_refused(standin, tmp_path, server):
     zip_url = server.add("/splits.zip", body=standin["splits_zip"])
     source = sources(standin, rar_url, zip_url)
     source["videos"]["md5"] = hashlib.md5(evil).hexdigest()
-    with pytest.raises(dl.UnsafeArchiveError, match=r"UCF101.rar: member 'UCF-101/../../evil.avi'"):
+    with pytest.raises(archives.UnsafeArchiveError, match=r"UCF101.rar: member 'UCF-101/../../evil.avi'"):
         ucf101.download(tmp_path / "raw", source)
     assert not (tmp_path / "raw" / "UCF101").exists() and not list(tmp_path.rglob("evil.avi"))
 
@@ -403,7 +405,7 @@ def test_checksum_mismatch_names_file_and_both_hashes(standin, tmp_path, server)
     # The stand-in zip is not the real one: the published sha256 (TFDS) must refuse it.
     zip_url = server.add("/splits.zip", body=standin["splits_zip"])
     source = {"splits": {"urls": [zip_url], "size": None}, **FAST}
-    with pytest.raises(dl.ChecksumError) as info:
+    with pytest.raises(http.ChecksumError) as info:
         ucf101.download(tmp_path / "raw", source)
     message = str(info.value)
     assert "UCF101TrainTestSplits-RecognitionTask.zip" in message

@@ -1,6 +1,6 @@
 """VGGSound: download from a stand-in of the Hugging Face package and the hche11 lists served on
 127.0.0.1, tolerant streaming extraction of a damaged part, the OGM-GE catalog, preprocessing,
-and the split counts at full size (DATASETS.md 5 and 7)."""
+and the split counts at full size (those of hche11/VGGSound's lists)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ import pytest
 from http_server import FileServer
 from standins import truncate, write_mp4
 
-from mmbalance.data import download as dl
-from mmbalance.data import features, recipes, vggsound
+from mmbalance.data import recipes
 from mmbalance.data.catalog import Catalog, SplitMismatchError
+from mmbalance.data.datasets import vggsound, vggsound_download
+from mmbalance.data.fetching import archives, http
+from mmbalance.data.store import features
 
 HF = "/datasets/Loie/VGGSound/resolve/main/"
 TREE = "/api/datasets/Loie/VGGSound/tree/main"
-STAT = f"/hche11/VGGSound/{vggsound.STAT_CSV_COMMIT}/data/stat.csv"
-TEST = f"/hche11/VGGSound/{vggsound.TEST_CSV_COMMIT}/data/test.csv"
+STAT = f"/hche11/VGGSound/{vggsound_download.STAT_CSV_COMMIT}/data/stat.csv"
+TEST = f"/hche11/VGGSound/{vggsound_download.TEST_CSV_COMMIT}/data/test.csv"
 CLASS_NAMES = ["race car, auto racing", "dog barking", "bird chirping, tweeting", "playing violin, fiddle"]  # stat.csv order
 RATES = (16000, 44100, 48000)
 RECIPE = recipes.resolve({"preset": "ogm_ge_vggsound", "frame_size": 32, "sample_rate": 8000, "seconds": 2.0,
@@ -165,10 +167,10 @@ def downloaded(standin, tmp_path_factory):
     with FileServer() as server:
         source = serve(server, standin, {"vggsound_00.tar.gz": standin.part00, "vggsound_01.tar.gz": standin.part01},
                        vggsound_00={"drop_after": DROP_AFTER})
-        with pytest.raises(dl.DownloadError) as first_error:
+        with pytest.raises(http.DownloadError) as first_error:
             vggsound.download(raw, source, workers=2)
         after_first = SimpleNamespace(part00=(raw / "vggsound_00.tar.gz.part").stat().st_size,
-                                      marker01=(raw / "video" / "vggsound_01" / dl.MARKER).is_file(),
+                                      marker01=(raw / "video" / "vggsound_01" / archives.MARKER).is_file(),
                                       archive01=(raw / "vggsound_01.tar.gz").exists())
         second = vggsound.download(raw, source, workers=2)
         requests_before_third = len(server.log)
@@ -223,7 +225,7 @@ def test_a_checksum_mismatch_names_the_file_and_both_hashes(standin, tmp_path):
     good_sha = hashlib.sha256(standin.part00).hexdigest()
     with FileServer() as server:
         source = serve(server, standin, {"vggsound_00.tar.gz": bad}, lfs_sha={"vggsound_00.tar.gz": good_sha})
-        with pytest.raises(dl.ChecksumError) as error:
+        with pytest.raises(http.ChecksumError) as error:
             vggsound.download(tmp_path, source)
     message = str(error.value)
     assert "vggsound_00.tar.gz" in message and good_sha in message and hashlib.sha256(bad).hexdigest() in message
@@ -247,7 +249,7 @@ def test_an_escaping_member_stops_the_download_and_writes_nothing(standin, tmp_p
     evil = targz([("ok_000001.mp4", b"fine"), ("../evil_000002.mp4", b"escape")])
     with FileServer() as server:
         source = serve(server, standin, {"vggsound_02.tar.gz": evil})
-        with pytest.raises(dl.UnsafeArchiveError, match=r"vggsound_02\.tar\.gz.*'\.\./evil_000002\.mp4'"):
+        with pytest.raises(archives.UnsafeArchiveError, match=r"vggsound_02\.tar\.gz.*'\.\./evil_000002\.mp4'"):
             vggsound.download(raw, source)
     assert not (tmp_path / "evil_000002.mp4").exists() and not (raw / "video" / "vggsound_02").exists()
     assert not list((raw / "video").iterdir())  # no staging folder left behind
@@ -257,7 +259,7 @@ def test_an_html_page_instead_of_the_tree_listing_is_refused(standin, tmp_path):
     with FileServer() as server:
         source = serve(server, standin, {"vggsound_00.tar.gz": standin.part00})
         server.add(TREE, body=b"<!DOCTYPE html><html><head><title>Too Many Requests</title></head></html>", content_type="text/html")
-        with pytest.raises(dl.NotMediaError, match="HTML page titled 'Too Many Requests'"):
+        with pytest.raises(http.NotMediaError, match="HTML page titled 'Too Many Requests'"):
             vggsound.download(tmp_path, source)
 
 
@@ -265,7 +267,7 @@ def test_a_json_error_instead_of_the_tree_listing_is_removed_and_named(standin, 
     with FileServer() as server:
         source = serve(server, standin, {"vggsound_00.tar.gz": standin.part00})
         server.add(TREE, body=b'{"error": "Repository not found"}', content_type="application/json")
-        with pytest.raises(dl.DownloadError, match="hf_tree.json: not a Hugging Face tree listing"):
+        with pytest.raises(http.DownloadError, match="hf_tree.json: not a Hugging Face tree listing"):
             vggsound.download(tmp_path, source)
     assert not (tmp_path / "hf_tree.json").exists()
 
@@ -274,7 +276,7 @@ def test_a_published_value_the_tree_contradicts_stops_before_downloading(standin
     with FileServer() as server:
         source = serve(server, standin, {"vggsound_00.tar.gz": standin.part00})
         source["published"] = {"vggsound_00.tar.gz": {"sha256": "ab" * 32}}
-        with pytest.raises(dl.ChecksumError, match="vggsound_00.tar.gz: the published sha256 abab"):
+        with pytest.raises(http.ChecksumError, match="vggsound_00.tar.gz: the published sha256 abab"):
             vggsound.download(tmp_path, source)
         assert server.requests_for(HF + "vggsound_00.tar.gz") == []
 
@@ -298,8 +300,8 @@ def test_unsafe_members_are_refused_like_download_extract_does(tmp_path, kind):
     archive = tmp_path / "vggsound_05.tar.gz"
     archive.write_bytes(targz([("ok_000001.mp4", b"fine")], links=[unsafe_member(kind)]))
     member = unsafe_member(kind).name
-    with pytest.raises(dl.UnsafeArchiveError, match=f"refusing to extract {archive}: member '{member}'"):
-        vggsound.extract_part(archive, tmp_path / "video" / "vggsound_05")
+    with pytest.raises(archives.UnsafeArchiveError, match=f"refusing to extract {archive}: member '{member}'"):
+        vggsound_download.extract_part(archive, tmp_path / "video" / "vggsound_05")
     assert list((tmp_path / "video").iterdir()) == []
 
 
@@ -311,20 +313,21 @@ def test_unsafe_members_are_refused_like_download_extract_does(tmp_path, kind):
 def test_a_damaged_part_not_known_to_be_corrupt_is_an_error(standin, tmp_path, damage, expected):
     archive = tmp_path / "vggsound_00.tar.gz"
     archive.write_bytes(damage(standin.part00))
-    with pytest.raises(dl.ExtractError, match=f"{expected}.*complete members came before it.*corrupt_parts"):
-        vggsound.extract_part(archive, tmp_path / "video" / "vggsound_00")
+    with pytest.raises(archives.ExtractError, match=f"{expected}.*complete members came before it.*corrupt_parts"):
+        vggsound_download.extract_part(archive, tmp_path / "video" / "vggsound_00")
     assert list((tmp_path / "video").iterdir()) == []
 
 
 def test_a_lost_gzip_trailer_keeps_all_members_but_is_recorded(standin, tmp_path):
     archive = tmp_path / "vggsound_00.tar.gz"
     archive.write_bytes(standin.part00[:-4])
-    record = vggsound.extract_part(archive, tmp_path / "video" / "vggsound_00", tolerate_damage=True)
+    record = vggsound_download.extract_part(archive, tmp_path / "video" / "vggsound_00", tolerate_damage=True)
     assert record["mp4_members"] == 16 and record["complete"] is False and "truncated" in record["damage"]
-    assert vggsound.extract_part(archive, tmp_path / "video" / "vggsound_00") == record  # done: the marker answers
-    with pytest.raises(dl.ExtractError, match="exists without the marker"):
+    assert vggsound_download.extract_part(archive, tmp_path / "video" / "vggsound_00") == record  # done: the marker answers
+    with pytest.raises(archives.ExtractError, match="exists without a completion marker"):
         (tmp_path / "other").mkdir()
-        vggsound.extract_part(archive, tmp_path / "other")
+        (tmp_path / "other" / "unrelated.mp4").write_bytes(b"")
+        vggsound_download.extract_part(archive, tmp_path / "other")
 
 
 # --------------------------------------------------------------------------- catalog and preprocessing
@@ -354,7 +357,7 @@ def test_the_catalog_keeps_the_clips_it_has_and_notes_the_rest(downloaded, stand
 
 
 def test_more_missing_videos_than_allowed_stop_the_catalog(downloaded):
-    with pytest.raises(SplitMismatchError, match=r"of \d+ (train|test) clips of .*vggsound.csv have no video.*max_missing_fraction 10.0%"):
+    with pytest.raises(SplitMismatchError, match=r"(train|test): \d+ of \d+ clips have no media.*max_missing_fraction 10.0%.*vggsound.csv lists them"):
         vggsound.build_catalog(downloaded.raw, "ogm_ge", stand_in_options(max_missing_fraction=0.1))
 
 
@@ -416,7 +419,7 @@ def test_the_class_list_is_stat_csv_sorted():
 
 def write_full_size_lists(raw: Path) -> tuple[list[str], list[str]]:
     """Split lists with the real sizes (synthetic ids): vggsound.csv 183,971 train + 15,496 test rows,
-    test.csv 15,446 rows, stat.csv 309 classes summing to 199,176 (DATASETS.md 5.1)."""
+    test.csv 15,446 rows, stat.csv 309 classes summing to 199,176 (hche11/VGGSound data/, issue #19)."""
     names = list(reversed(vggsound.CLASSES))  # stat.csv is not in sorted order
     counts = [644 + (i < 180) for i in range(309)]  # 199,176 in all
     raw.mkdir(parents=True, exist_ok=True)
@@ -473,6 +476,6 @@ def test_validation_takes_a_seeded_tenth_of_each_class_by_youtube_id():
 
 
 def test_published_part_values_are_well_formed():
-    assert len(vggsound.PARTS) == 20 and "vggsound_14.tar.gz" not in vggsound.PUBLISHED
-    assert all(len(v["sha256"]) == 64 and int(v["sha256"], 16) >= 0 for v in vggsound.PUBLISHED.values())
-    assert sum(v["size"] is not None for v in vggsound.PUBLISHED.values()) == 12
+    assert len(vggsound_download.PARTS) == 20 and "vggsound_14.tar.gz" not in vggsound_download.PUBLISHED
+    assert all(len(v["sha256"]) == 64 and int(v["sha256"], 16) >= 0 for v in vggsound_download.PUBLISHED.values())
+    assert sum(v["size"] is not None for v in vggsound_download.PUBLISHED.values()) == 12

@@ -68,7 +68,7 @@ def time_training_step(backbone: str, fusion: str, batch_size: int, device: str,
 
 def time_extraction(device: str, steps: int, warmup: int = 1) -> dict:
     """Frozen front-ends on one 3 s clip with 90 frames (done once per clip)."""
-    from mmbalance.data.embeddings import FrozenExtractors
+    from mmbalance.data.store.embeddings import FrozenExtractors
 
     extractors = FrozenExtractors(CONFORMER, device)
     waveform = torch.randn(48000).numpy()

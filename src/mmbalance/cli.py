@@ -49,7 +49,7 @@ def cmd_catalog(args) -> None:
 
 
 def cmd_preprocess(args) -> None:
-    from mmbalance.data import features
+    from mmbalance.data.store import features
 
     index = features.preprocess(args.catalog, args.out, args.recipe, args.skip_log, args.max_skipped_fraction)
     skipped = index[index["skipped"]]
@@ -61,7 +61,7 @@ def cmd_preprocess(args) -> None:
 def cmd_extract(args) -> None:
     import torch
 
-    from mmbalance.data import embeddings
+    from mmbalance.data.store import embeddings
     from mmbalance.devices import select_device
 
     torch.set_num_threads(args.threads)

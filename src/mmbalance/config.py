@@ -14,6 +14,12 @@ parts that depend on the registries (the method, fusion, dataset and preset
 names, each method's settings, each dataset's block) are filled in from them,
 so a new method or dataset needs no schema edit.
 
+A method that learns from other cells' trained models (UMT's unimodal teachers,
+its class's `TEACHERS`) brings those cells into the grid: the teacher of
+modality m for a cell is the cell of method `TEACHERS[m]` with the same dataset,
+backbone, variant and fold, under late_linear fusion (only its encoder is read),
+and the cell's settings carry the path of the teacher's model.pt.
+
 A wrong key or value raises `ConfigError` naming it, e.g.
 ``config variants.adam.train.optimizer.name: 'adamw' is not one of ['adam', 'sgd']``.
 """
@@ -41,6 +47,8 @@ DEFAULT_VARIANT = "default"
 # read by the training job from results/.../tuning/<study>/best.json (mmbalance.tuning).
 TUNED_VARIANT = "tuned"
 RESERVED_VARIANTS = (DEFAULT_VARIANT, TUNED_VARIANT)
+# A teacher model is read for its encoder only; late_linear runs every unimodal method.
+TEACHER_FUSION = "late_linear"
 # Per-job resources: one value for the whole grid (they size Snakemake/SLURM jobs), never overridden.
 RESOURCE_KEYS = ("device", "threads", "mem_mb", "runtime")
 # The training job is given the recipe without the scheduling-only keys.
@@ -292,7 +300,19 @@ class Experiment:
                             for v in block["variants"]:
                                 for k in block["folds"]:
                                     cells[Cell(d, b, f, m, v, k)] = None
-        return list(cells)
+        trial_cells = [Cell(c.dataset, c.backbone, c.fusion, c.method, c.variant, self.config["tuning"]["fold"])
+                       for c in cells if c.variant == TUNED_VARIANT]
+        teachers = {t: None for c in [*cells, *trial_cells] for t in self.teachers(c).values()}
+        return list(cells | teachers)
+
+    def teachers(self, cell: Cell) -> dict[str, Cell]:
+        """modality -> the cell whose trained model teaches it (methods with TEACHERS), else {}."""
+        return {m: Cell(cell.dataset, cell.backbone, TEACHER_FUSION, teacher, cell.variant, cell.fold)
+                for m, teacher in getattr(method_class(cell.method), "TEACHERS", {}).items()}
+
+    def teacher_models(self, cell: Cell) -> dict[str, str]:
+        """modality -> the teacher's model.pt, as the workflow writes it."""
+        return {m: f"{self.config['results']}/runs/{teacher.path}/model.pt" for m, teacher in self.teachers(cell).items()}
 
     @property
     def datasets(self) -> list[str]:
@@ -396,11 +416,14 @@ class Experiment:
 
     def settings(self, cell: Cell) -> CellSettings:
         recipe = self.train_recipe(cell.dataset, cell.variant)
+        method_settings = self.method_settings(cell.dataset, cell.method, cell.variant)
+        if teachers := self.teacher_models(cell):
+            method_settings = method_settings | {"teacher_models": teachers}
         return CellSettings(
             cell=cell,
             seed=recipe["seed"] + cell.fold,
             backbone={"name": cell.backbone} | self.config["backbones"][cell.backbone],
-            method_settings=self.method_settings(cell.dataset, cell.method, cell.variant),
+            method_settings=method_settings,
             train={k: v for k, v in recipe.items() if k not in NOT_PASSED_TO_TRAINING},
             tracking=self.tracking,
         )

@@ -36,7 +36,7 @@ import torch
 from mmbalance import checkpoint
 from mmbalance.balancers import build_balancer
 from mmbalance.balancers.base import EpochContext, true_class_confidence
-from mmbalance.data.features import FeatureStore
+from mmbalance.data.store.features import FeatureStore
 from mmbalance.devices import select_device
 from mmbalance.io import write_atomic, write_text_atomic
 from mmbalance.models.multimodal import build_model
@@ -137,6 +137,20 @@ def sample_batches(store, rows, modalities, batch_size, seed, epoch, split: str,
         yield store.inputs(batch, modalities), store.labels[batch]
 
 
+def carve_holdout(rows: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a fold's training rows into (trained, held out): round(fraction * n_c) rows
+    of each class c, drawn with a generator of the run's seed alone, so every epoch and
+    a resumed run hold out the same rows. Both keep the order of `rows`."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + 99_991)  # apart from sample_batches' (seed, epoch) streams
+    labels = labels.cpu()
+    held = torch.zeros(len(rows), dtype=torch.bool)
+    for c in labels.unique(sorted=True).tolist():
+        members = (labels == c).nonzero()[:, 0]
+        held[members[torch.randperm(len(members), generator=generator)[: round(fraction * len(members))]]] = True
+    held = held.to(rows.device)
+    return rows[~held], rows[held]
+
+
 def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, data_order, on_nonfinite="stop", cell="") -> dict[str, float]:
     model.train()
     sums, count, correct, nonfinite = defaultdict(float), 0, 0, 0
@@ -161,6 +175,19 @@ def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, 
         for key, value in logs.items():
             sums[f"balance/{key}"] += value * n
     return {key: total / count for key, total in sums.items()} | {"train_acc": correct / count, "nonfinite_steps": nonfinite}
+
+
+def teacher_digests(method_settings: dict) -> dict[str, str]:
+    """SHA-256 of each teacher model a method reads (UMT): a retrained teacher under the
+    same path must retrain the cell, not reuse its finished outputs."""
+    digests = {}
+    for modality, path in sorted(method_settings.get("teacher_models", {}).items()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        digests[modality] = digest.hexdigest()
+    return digests
 
 
 def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path, tuning: dict | None = None) -> dict:
@@ -201,7 +228,8 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
     tracking = settings["tracking"]
     final_path = checkpoint_path.with_name("final.pt")
     # What a finished cell's outputs depend on: reused only when all of it is the same.
-    final_key = {"settings": fingerprint, "code": checkpoint.code_fingerprint(), "data": store.meta["data_hash"], "device": device.type}
+    final_key = {"settings": fingerprint, "code": checkpoint.code_fingerprint(), "data": store.meta["data_hash"], "device": device.type,
+                 "teachers": teacher_digests(settings["method_settings"])}
 
     try:
         final = checkpoint.load(final_path, device) if tuning is None else None
@@ -227,6 +255,13 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
             if len(members) == 0:
                 raise ValueError(f"fold {cell['fold']} has no {split} clips in {features_dir}")
         store.standardise(rows["train"])
+        # A method that estimates on unseen training data (Gradient-Blending) gets part of the
+        # training rows held out: removed from rows["train"], read only by its epoch hooks.
+        holdout = type(balancer).holdout_fraction(settings["method_settings"])
+        if holdout > 0:
+            rows["train"], rows["holdout"] = carve_holdout(rows["train"], store.labels[rows["train"]], holdout, seed)
+            if len(rows["holdout"]) == 0:
+                raise ValueError(f"holdout_fraction {holdout} of fold {cell['fold']}'s training clips holds out none; raise it")
 
         history, best, run_id, start_epoch = [], None, None, 0
         state = checkpoint.load(checkpoint_path, device)
@@ -252,7 +287,8 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
         for epoch in range(start_epoch, recipe["epochs"]):
             began = time.perf_counter()
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            context = EpochContext(epoch, model, partial(sample_batches, store, rows, model.modalities, recipe["batch_size"], seed, epoch))
+            context = EpochContext(epoch, model, partial(sample_batches, store, rows, model.modalities, recipe["batch_size"], seed, epoch),
+                                   optimizer=optimizer)
             row |= {f"balance/{k}": v for k, v in balancer.on_epoch_start(context).items()}
             row |= train_one_epoch(model, balancer, optimizer, store, rows["train"], recipe["batch_size"], epoch, data_order,
                                    recipe["on_nonfinite"], run_name)

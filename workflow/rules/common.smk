@@ -143,6 +143,17 @@ def cell_settings(wildcards):
     return EXPERIMENT.settings(cell_of(wildcards)).to_json()
 
 
+def teacher_files(wildcards):
+    """The model.pt of each teacher cell of a method that learns from trained unimodal
+    models (UMT); nothing for other methods."""
+    return list(EXPERIMENT.teacher_models(cell_of(wildcards)).values())
+
+
+def trial_teacher_files(wildcards):
+    settings = EXPERIMENT.trial_settings(wildcards.dataset, wildcards.backbone, wildcards.fusion, wildcards.method)
+    return list(settings.method_settings.get("teacher_models", {}).values())
+
+
 def checkpoint_path(wildcards):
     """Resume state lives outside the declared outputs: Snakemake deletes the
     outputs of a failed job, and the checkpoint must survive that."""

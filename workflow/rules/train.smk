@@ -7,6 +7,7 @@ rule train:
         features=feature_files,
         tracking=TRACKING_SENTINEL,
         tuned=tuned_best,
+        teachers=teacher_files,
     output:
         history=f"{OUT}/runs/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}/history.csv",
         predictions=f"{OUT}/runs/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/{{variant}}/fold{{fold}}/predictions.npz",

@@ -8,6 +8,7 @@ rule tune_trial:
     input:
         features=feature_files,
         tracking=TRACKING_SENTINEL,
+        teachers=trial_teacher_files,
     output:
         f"{OUT}/tuning/{{dataset}}/{{backbone}}/{{fusion}}/{{method}}/trial{{job}}.json",
     params:

@@ -26,6 +26,10 @@ METHODS: dict[str, str] = {
     "pmr": "pmr:PMR",
     "olm": "olm:OLM",
     "agm": "agm:AGM",
+    "umt": "umt:UMT",
+    "modality_drop": "modality_drop:ModalityDrop",
+    "gradient_blending": "gradient_blending:GradientBlending",
+    "gradnorm": "gradnorm:GradNorm",
 }
 
 

@@ -3,7 +3,7 @@
 The loop in `mmbalance.train` runs, for every epoch,
 
     balancer.on_epoch_start(context)
-    for inputs, labels in training batches:
+    for inputs, labels in training batches:      # mmbalance.step.training_step:
         out = balancer.forward(model, inputs, labels, epoch)
         objective, logs = balancer.loss(out, labels, epoch)
         (objective + out.probe_loss(labels)).backward()
@@ -43,7 +43,8 @@ Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
 @dataclass
 class EpochContext:
     """What the epoch hooks see. `batches(split, fraction)` yields (inputs,
-    labels) over a shuffled `fraction` of a split ("train", "val"); the shuffle
+    labels) over a shuffled `fraction` of a split ("train", "val", and "holdout"
+    when the method holds rows out, see `Balancer.holdout_fraction`); the shuffle
     depends only on the run's seed and the epoch, so a resumed run sees the same
     batches."""
 
@@ -51,6 +52,7 @@ class EpochContext:
     model: MultimodalModel
     batches: Callable[[str, float], Iterator[Batch]]
     metrics: dict[str, float] = field(default_factory=dict)  # this epoch's results so far
+    optimizer: torch.optim.Optimizer | None = None  # the run's, to copy its kind and settings (never to step it)
 
 
 class Balancer:
@@ -76,6 +78,13 @@ class Balancer:
     def needs(cls, settings: dict) -> set[str]:
         """What the method needs from a fusion, with these settings (e.g. {"decomposition"})."""
         return set()
+
+    @classmethod
+    def holdout_fraction(cls, settings: dict) -> float:
+        """Share of the fold's training rows (of each class) the loop holds out for this
+        method: never trained on, seen only through `context.batches("holdout", ...)`.
+        0 for every method but those that estimate something on unseen training data."""
+        return 0.0
 
     @classmethod
     def settings_schema(cls) -> dict:

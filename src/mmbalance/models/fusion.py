@@ -119,7 +119,24 @@ class FiLM(nn.Module):
 class Gated(nn.Module):
     """Gated (MLB `x_gate`): g = sigmoid(Lin_0(z_0)) gates each other modality's
     projection, f = Lin(sum_{m>0} g * Lin_m(z_m)). Lin_0 and Lin_m are modality
-    specific (MLB scales them with their modality); the output layer is shared."""
+    specific (MLB scales them with their modality); the output layer is shared.
+
+    This is also OGM-GE's "Baseline" fusion (Peng et al., CVPR 2022, Table 1: "a
+    vanilla fusion method that uses activation function to mark out the related
+    feature component of one modality compared with another"). The official code
+    (GeWu-Lab/OGM-GE_CVPR2022 at 343dc1d, `models/fusion_modules.py`) offers four
+    fusions, sum, concat, film and gated, and Table 1 has four fused rows, Summation,
+    Concatenation, FiLM and Baseline; the one left, `GatedFusion` with
+    `x_gate=True` (the only setting `models/basic_model.py` builds; the class cites
+    Kiela et al., "Efficient Large-Scale Multi-Modal Classification", AAAI 2018),
+    is the Baseline: out_x = fc_x(x), out_y = fc_y(y), f = fc_out(sigmoid(out_x) * out_y),
+    x = audio, y = video, all layers 512 -> 512 except fc_out (512 -> C), PyTorch's
+    default init. For audio-video (audio first) this class computes the same
+    function with the same parameters and init. The official training loop
+    (`main.py`) reads OGM-GE's unimodal logits off fc_out by splitting its input
+    columns into halves, as for concat; with GatedFusion (fc_out: 512 -> C, the
+    returned out_x and out_y 512-d) the halves do not fit, so OGM-GE on this
+    fusion needs unimodal scores from elsewhere (here `score_source: heads`)."""
 
     decomposable = False
 
@@ -137,6 +154,66 @@ class Gated(nn.Module):
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
         return list(self.projections[modality].parameters())
+
+
+class Attention(nn.Module):
+    """Attention (OLM, Zong et al., IJCAI 2024, Table 1 row "Attention"; the paper
+    names no source for it, its released code does: anonymous-gitlab/OLM at
+    c4a4244, `models/fusion_modules.py` class `Attention`, built by
+    `--fusion_method attention` in `models/basic_model.py`). Per sample, one
+    score per modality from all the modalities' features, then the features
+    weighted by their scores and one linear classifier:
+
+        h = sum_m A_m z_m + a      in R^d   (one Linear over [z_1; ...; z_M])
+        s = B h + b                in R^M   (the modalities' scores)
+        z = sum_m s_m z_m          in R^d
+        f = W z + c
+
+    As in the reference the scores are raw: no softmax and no nonlinearity
+    between the two score layers, so they need not sum to 1 and may be negative.
+    `normalize=True` takes s = softmax_m(B h + b) instead (weights that sum to 1,
+    the usual attention pooling); the registry's "attention" is the reference.
+    The reference is written for two modalities; with M it scores the
+    concatenation of all M features into M scores, as the same repository's
+    three-modality attention does (`models/concat_attention.py`, on pre-extracted
+    features, with MLPs in front). The hidden size d is the common feature size
+    (the reference: 512 -> 512).
+
+    A is written as one bias-free block A_m per modality plus the shared bias a,
+    the same function as one Linear over the concatenation and initialised as
+    PyTorch initialises that Linear (uniform in +-1/sqrt(M d), bias too), so that
+    A_m is modality m's own (`modality_parameters`). Everything after it mixes
+    the modalities and is shared. Not decomposable: f multiplies the scores,
+    functions of every feature, with the features.
+    """
+
+    decomposable = False
+
+    def __init__(self, feature_dims: dict[str, int], num_classes: int, normalize: bool = False):
+        super().__init__()
+        dim = next(iter(feature_dims.values()))
+        if any(d != dim for d in feature_dims.values()):
+            raise ValueError(f"Attention fusion needs equal feature sizes, got {feature_dims}")
+        self.modalities, self.normalize = list(feature_dims), normalize
+        self.score_blocks = nn.ModuleDict({m: nn.Linear(dim, dim, bias=False) for m in feature_dims})
+        self.score_bias = nn.Parameter(torch.empty(dim))
+        bound = 1 / math.sqrt(dim * len(feature_dims))  # nn.Linear's init over the concatenation
+        for parameter in [self.score_bias, *(block.weight for block in self.score_blocks.values())]:
+            nn.init.uniform_(parameter, -bound, bound)
+        self.score = nn.Linear(dim, len(feature_dims))
+        self.out = nn.Linear(dim, num_classes)
+
+    def scores(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, M) per-sample scores s, in `self.modalities` order."""
+        s = self.score(sum(self.score_blocks[m](features[m]) for m in self.modalities) + self.score_bias)
+        return s.softmax(dim=1) if self.normalize else s
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        s = self.scores(features)
+        return self.out(sum(s[:, i, None] * features[m] for i, m in enumerate(self.modalities)))
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        return list(self.score_blocks[modality].parameters())
 
 
 class TransformerFusion(nn.Module):
@@ -180,7 +257,8 @@ class TransformerFusion(nn.Module):
 
 # The fusion registry: config name -> class. A fusion offers "decomposition"
 # when its class is `decomposable` (mmbalance.compatibility reads it).
-FUSIONS = {"late_linear": LateLinear, "sum": Sum, "mid_mlp": MidMLP, "film": FiLM, "gated": Gated, "transformer": TransformerFusion}
+FUSIONS = {"late_linear": LateLinear, "sum": Sum, "mid_mlp": MidMLP, "film": FiLM, "gated": Gated, "attention": Attention,
+           "transformer": TransformerFusion}
 
 
 def offers(name: str) -> set[str]:

@@ -19,14 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmbalance.data.catalog import Catalog, Clip, SplitMismatchError, carve_validation, check_counts, check_missing
-from mmbalance.data.datasets.vggsound_download import (  # noqa: F401 - download: this dataset's entry point
-    DATASET,
-    HF_BASE_URLS,
-    STAT_CSV_URLS,
-    TEST_CSV_URLS,
-    VIDEO_DIR,
-    download,
-)
+from mmbalance.data.datasets.vggsound_download import DATASET, HF_BASE_URLS, STAT_CSV_URLS, TEST_CSV_URLS, VIDEO_DIR
+from mmbalance.data.datasets.vggsound_download import download  # noqa: F401 - the registry calls vggsound.download
 from mmbalance.data.fetching import archives
 
 PROTOCOLS = ("ogm_ge",)

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Rules call `python -m mmbalance`: the environment's bin/ must come first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test lint dry-run report restore clean
+.PHONY: install run test lint dry-run report restore docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ dry-run: install
 report: install
 	snakemake --report results/report.html
 
+docs: install
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict
+
 # After `dvc pull` (a fresh clone with a DVC remote): restored files are newer
 # than their consumers, so mark them up to date instead of retraining.
 restore: install
@@ -38,4 +41,4 @@ restore: install
 	snakemake --touch
 
 clean:
-	rm -rf results logs benchmarks resources/raw .snakemake
+	rm -rf results logs benchmarks resources/raw .snakemake site

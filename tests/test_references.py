@@ -104,13 +104,13 @@ def test_the_checker_catches_what_it_should():
     probe = ROOT / "docs" / "_reference_probe.md"
     problems = broken_references(probe, (
         "see NOTES.md 4.2 and [the guide](nowhere.md), `src/mmbalance/nowhere.py`, mmbalance.nowhere.thing,\n"
-        "../../shared/papers/ and mmbalance/data/nowhere.py; fine: README.md, `config/config.yaml`, mmbalance.config.validate,\n"
-        "mmbalance.config.Experiment.settings, results/runs/{dataset}/, https://example.org/METHODS.md\n"))
+        "../../elsewhere/papers/ and mmbalance/data/nowhere.py; fine: README.md, `config/config.yaml`, mmbalance.config.validate,\n"
+        "mmbalance.config.Experiment.settings, results/runs/{dataset}/, https://example.org/GUIDE.md\n"))
     assert [p.split(": ", 1)[1] for p in problems] == [
         "NOTES.md is not in the repository",
         "src/mmbalance/nowhere.py does not exist",
         "mmbalance.nowhere.thing is not a module or attribute of mmbalance",
         "link nowhere.md does not resolve",
         "mmbalance/data/nowhere.py does not exist under src/",
-        "../../shared points outside the repository",
+        "../../elsewhere points outside the repository",
     ]

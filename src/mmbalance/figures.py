@@ -26,7 +26,7 @@ METHOD_COLOURS = colormaps["tab20"]
 MODALITY_MARKERS = ("v", "^", "s", "D")
 LINESTYLES = ("-", "--", ":", "-.")
 # The schema's fusion order: linear first, then increasingly non-linear (MLB Fig. 6).
-FUSION_ORDER = ("late_linear", "sum", "mid_mlp", "film", "gated", "attention", "transformer")
+FUSION_ORDER = ("late_linear", "sum", "mid_mlp", "film", "gated", "attention", "transformer", "mbt", "irfb")
 # One run's history.csv, or one per fold (then drawn as the mean with a min-max band).
 Histories = Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]]
 BALANCE_PANELS = (

@@ -159,3 +159,38 @@ def test_pool_from_nvidia_smi(monkeypatch, tmp_path):
 def test_rejects_unknown_device():
     with pytest.raises(ValueError):
         select_device("cuda:1")
+
+
+def test_a_leased_gpu_torch_cannot_use_falls_back_with_auto(monkeypatch, lock_env):
+    """A GPU assigned on a node without a working driver: auto runs on the CPU and says why."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(devices, "cuda_usable", lambda: False)
+    lease = devices.training_device("auto", timeout=0.2)
+    assert lease.device == "cpu" and lease.physical_id is None
+    assert lease.describe().startswith("cpu (train.device auto fell back to the CPU: GPU 3 was assigned")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"  # restored
+    with select_device("cuda", timeout=0.2) as again:  # the slot was given back
+        assert again.physical_id == "3"
+
+
+def test_a_leased_gpu_torch_cannot_use_stops_cuda_naming_the_setting(monkeypatch, lock_env):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(devices, "cuda_usable", lambda: False)
+    with pytest.raises(RuntimeError, match=r"config train.device is 'cuda', but GPU 3 was assigned .* "
+                                           r"Set train.device: auto to fall back to the CPU"):
+        devices.training_device("cuda", timeout=0.2)
+    with select_device("cuda", timeout=0.2) as again:
+        assert again.physical_id == "3"
+
+
+def test_a_usable_gpu_is_kept(monkeypatch, lock_env):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    monkeypatch.setattr(devices, "cuda_usable", lambda: True)
+    with devices.training_device("auto", timeout=0.2) as lease:
+        assert (lease.device, lease.physical_id, lease.note) == ("cuda:0", "5", "")
+
+
+def test_cuda_usable_asks_torch():
+    import torch
+
+    assert devices.cuda_usable() is torch.cuda.is_available()

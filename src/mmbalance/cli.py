@@ -62,10 +62,10 @@ def cmd_extract(args) -> None:
     import torch
 
     from mmbalance.data.store import embeddings
-    from mmbalance.devices import select_device
+    from mmbalance.devices import training_device
 
     torch.set_num_threads(args.threads)
-    with select_device(args.device) as lease:
+    with training_device(args.device) as lease:
         logging.info("device: %s", lease.describe())
         index = embeddings.extract(args.catalog, args.out, args.recipe, args.backbone, lease.device)
     logging.info("embeddings store %s: %d clips, %d skipped", args.out, len(index), int(index["skipped"].sum()))

@@ -6,11 +6,19 @@ job calls :func:`select_device` once, before anything touches CUDA. It takes an
 exclusive ``flock`` on one ``gpu-<id>.lock`` file and keeps that file open for
 the rest of the process; the kernel drops the lock when the process dies, even
 on SIGKILL, so a crashed job never leaks its GPU.
+
+A leased GPU is not necessarily a usable one: a scheduler may hand out a GPU
+(CUDA_VISIBLE_DEVICES) on a node whose driver is missing or broken.
+:func:`training_device` therefore checks that torch can use it, and then
+either falls back to the CPU (``device: auto``, saying so in the log and in the
+lease's description, which the run records) or stops with a message naming the
+setting to change (``device: cuda``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import random
 import re
@@ -55,6 +63,7 @@ class DeviceLease:
     lock_path: Path | None = None
     _file: IO | None = field(default=None, repr=False)
     _previous_visible: object = field(default=_UNSET, repr=False)
+    note: str = ""  # why the device differs from the one asked for (a CPU fallback)
 
     def release(self) -> None:
         """Give the slot back early (normally the process just exits holding it)."""
@@ -67,6 +76,8 @@ class DeviceLease:
                 os.environ["CUDA_VISIBLE_DEVICES"] = self._previous_visible
 
     def describe(self) -> str:
+        if self.note:
+            return f"{self.device} ({self.note})"
         if self.physical_id is None:
             return self.device
         return f"{self.device} (physical GPU {self.physical_id}, lock {self.lock_path})"
@@ -141,3 +152,29 @@ def select_device(requested: str, timeout: float = 600.0) -> DeviceLease:
             f"{'(unset)' if visible is None else repr(visible)}, "
             f"nvidia-smi found {nvidia_smi_count()}")
     return _acquire(pool, timeout)
+
+
+def cuda_usable() -> bool:
+    """Whether torch can use the GPU this process sees (a driver and a device). Call after
+    leasing: CUDA reads CUDA_VISIBLE_DEVICES when it starts."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def training_device(requested: str, timeout: float = 600.0) -> DeviceLease:
+    """`select_device`, then make sure torch can use the leased GPU. If it cannot, `auto`
+    falls back to the CPU (logged, and recorded in the lease's description) and `cuda`
+    stops with a message naming the setting."""
+    lease = select_device(requested, timeout)
+    if lease.device == "cpu" or cuda_usable():
+        return lease
+    why = (f"GPU {lease.physical_id} was assigned (CUDA_VISIBLE_DEVICES) and torch cannot use it "
+           "(torch.cuda.is_available() is False: no working NVIDIA driver on this node?)")
+    lease.release()
+    if requested == "auto":
+        note = f"train.device auto fell back to the CPU: {why}"
+        logging.getLogger(__name__).warning(note)
+        return DeviceLease("cpu", note=note)
+    raise RuntimeError(f"config train.device is 'cuda', but {why}. Set train.device: auto to fall back to "
+                       "the CPU on such nodes, or cpu, or run on a node with a working GPU")

@@ -37,7 +37,7 @@ from mmbalance import checkpoint
 from mmbalance.balancers import build_balancer
 from mmbalance.balancers.base import EpochContext, true_class_confidence
 from mmbalance.data.store.features import FeatureStore
-from mmbalance.devices import select_device
+from mmbalance.devices import training_device
 from mmbalance.io import write_atomic, write_text_atomic
 from mmbalance.models.multimodal import build_model
 from mmbalance.step import NonFiniteLoss, training_step
@@ -213,7 +213,7 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
 def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path, run_name: str, tuning: dict | None) -> dict:
     seed, recipe, cell = settings["seed"], settings["train"], settings["cell"]
     torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
-    lease = select_device(recipe["device"])
+    lease = training_device(recipe["device"])
     device = torch.device(lease.device)
     log.info("device: %s", lease.describe())
 

@@ -82,8 +82,10 @@ def tiny_embeddings(tmp_path_factory, tiny_catalog) -> Path:
     return store
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tracking(tmp_path_factory) -> dict:
+    """One MLflow store per test module: a module's queries (runs of a method, an
+    unfinished run to resume) never see the runs another module trained."""
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     init_store(uri, "tests", root / "artifacts", root / "initialized.json")

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from mmbalance.aggregate import PANEL_KEYS, ordered_methods, run_label
 from mmbalance.agreement import GROUPS
+from mmbalance.models.fusion import FUSIONS
 
 DPI = 150
 # 20 distinct colours: the default cycle repeats after 10, and a grid has 12 methods.
@@ -26,7 +27,7 @@ METHOD_COLOURS = colormaps["tab20"]
 MODALITY_MARKERS = ("v", "^", "s", "D")
 LINESTYLES = ("-", "--", ":", "-.")
 # The schema's fusion order: linear first, then increasingly non-linear (MLB Fig. 6).
-FUSION_ORDER = ("late_linear", "sum", "mid_mlp", "film", "gated", "attention", "transformer", "mbt", "irfb")
+FUSION_ORDER = tuple(FUSIONS)  # the registry's order: simple fusions first, then token fusions
 # One run's history.csv, or one per fold (then drawn as the mean with a min-max band).
 Histories = Mapping[str, pd.DataFrame | Sequence[pd.DataFrame]]
 BALANCE_PANELS = (

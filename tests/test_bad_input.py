@@ -135,7 +135,7 @@ def store_too_big_case(tmp, monkeypatch=None):
     real = shutil.disk_usage
     features.shutil.disk_usage = lambda path: real(path)._replace(free=1000)
     try:
-        return write_store(cat, tmp / "store", {"frames.npy": ("uint8", (2, 32, 32, 3))}, lambda clip: ({}, 0), {})
+        return write_store(cat, tmp / "store", {"frames.npy": ("uint8", (2, 32, 32, 3))}, lambda clip: ({}, {}), {})
     finally:
         features.shutil.disk_usage = real
 

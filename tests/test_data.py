@@ -116,7 +116,8 @@ def test_bad_media_is_named_with_the_reason(tmp_path, content, message):
 
 def test_feature_store(tiny_store):
     store = FeatureStore.load(tiny_store)
-    assert store.frames.shape == (36, 2, 32, 32, 3) and store.frames.dtype.is_floating_point is False
+    assert store.frames.shape == (36, 2, 32, 32, 3) and store.frames.dtype == np.uint8
+    assert isinstance(store.frames, np.memmap)  # memory-mapped until placed on a device
     assert tuple(store.spectrograms.shape) == (36, 65, 65)
     index = store.index
     skipped = index[index["skipped"]]

@@ -111,21 +111,23 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict | None:
         return None
 
 
-def rng_states(data_order: torch.Generator) -> dict:
-    """Every RNG the loop draws from, as tensors and plain types (loadable with weights_only)."""
+def rng_states(generators: dict[str, torch.Generator]) -> dict:
+    """Every RNG the loop draws from (the global ones and its own `generators`, e.g. the data
+    order and the augmentation), as tensors and plain types (loadable with weights_only)."""
     name, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "data_order": data_order.get_state(),
+        "generators": {key: generator.get_state() for key, generator in generators.items()},
         "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": random.getstate(),
     }
 
 
-def set_rng_states(states: dict, data_order: torch.Generator) -> None:
+def set_rng_states(states: dict, generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(states["torch"].cpu())
-    data_order.set_state(states["data_order"].cpu())
+    for key, generator in generators.items():
+        generator.set_state(states["generators"][key].cpu())
     numpy = states["numpy"]
     np.random.set_state((numpy["name"], numpy["keys"].cpu().numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
     version, internal, gauss = states["python"]

@@ -414,8 +414,14 @@ class Experiment:
                 f"(seed {tuning['seed']}){pruner}, {epochs} each, selected on the validation split of fold {tuning['fold']}; "
                 "test never read while tuning")
 
+    def store_recipe(self, dataset: str) -> dict:
+        """The recipe the dataset's feature store is built from (no training-only keys)."""
+        return recipes.store_recipe(self.recipes[dataset])
+
     def settings(self, cell: Cell) -> CellSettings:
         recipe = self.train_recipe(cell.dataset, cell.variant)
+        # The recipe keys the training job reads (augmentation) travel with the cell's settings.
+        recipe |= {k: self.recipes[cell.dataset][k] for k in recipes.TRAINING_KEYS}
         method_settings = self.method_settings(cell.dataset, cell.method, cell.variant)
         if teachers := self.teacher_models(cell):
             method_settings = method_settings | {"teacher_models": teachers}

@@ -5,7 +5,8 @@ job should use, so without this every job would land on cuda:0. Each training
 job calls :func:`select_device` once, before anything touches CUDA. It takes an
 exclusive ``flock`` on one ``gpu-<id>.lock`` file and keeps that file open for
 the rest of the process; the kernel drops the lock when the process dies, even
-on SIGKILL, so a crashed job never leaks its GPU.
+on SIGKILL, so a crashed job never leaks its GPU. With ``train.jobs_per_gpu``
+J > 1 each GPU has J lock files (job slots), so J small jobs share it.
 
 A leased GPU is not necessarily a usable one: a scheduler may hand out a GPU
 (CUDA_VISIBLE_DEVICES) on a node whose driver is missing or broken.
@@ -103,16 +104,27 @@ def _try_lock(path: Path) -> IO | None:
     return f
 
 
-def _acquire(pool: list[str], timeout: float) -> DeviceLease:
+def slot_paths(pool: list[str], jobs_per_gpu: int = 1) -> list[tuple[str, Path]]:
+    """(GPU, lock file) of every job slot, the first slot of each GPU before any second one, so
+    jobs spread over the GPUs before they share one. Keyed by physical id (not position) so
+    that jobs on one node with different CUDA_VISIBLE_DEVICES lists contend for the right GPU."""
+    directory = lock_dir()
+    slots = []
+    for slot in range(jobs_per_gpu):
+        for gpu in pool:
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", gpu)
+            slots.append((gpu, directory / (f"gpu-{name}.lock" if slot == 0 else f"gpu-{name}-slot{slot}.lock")))
+    return slots
+
+
+def _acquire(pool: list[str], timeout: float, jobs_per_gpu: int = 1) -> DeviceLease:
     directory = lock_dir()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Key lock files by physical id (not slot index) so that jobs on one node
-    # with different CUDA_VISIBLE_DEVICES lists still contend for the right GPU.
-    paths = [directory / f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', gpu)}.lock" for gpu in pool]
+    slots = slot_paths(pool, jobs_per_gpu)
     deadline = time.monotonic() + timeout
     backoff = 0.1
     while True:
-        for gpu, path in zip(pool, paths):
+        for gpu, path in slots:
             if (f := _try_lock(path)) is not None:
                 previous = os.environ.get("CUDA_VISIBLE_DEVICES", _UNSET)
                 os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # so this process sees it as cuda:0
@@ -120,17 +132,18 @@ def _acquire(pool: list[str], timeout: float) -> DeviceLease:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(
-                f"no free GPU slot after {timeout:g} s: all {len(pool)} slot(s) "
+                f"no free GPU slot after {timeout:g} s: all {len(slots)} slot(s) "
                 f"(GPUs {','.join(pool)}) are held by other jobs; lock dir {directory}. "
-                f"Check that snakemake --resources gpu=N does not exceed the number of GPUs "
-                f"({len(pool)}) and look for stray processes holding locks there.")
+                f"Check that snakemake --resources gpu=N does not exceed the number of slots "
+                f"({len(pool)} GPU(s) x train.jobs_per_gpu {jobs_per_gpu}) and look for stray processes holding locks there.")
         # Jitter so jobs started together do not retry in lockstep.
         time.sleep(min(remaining, backoff * random.uniform(0.5, 1.5)))
         backoff = min(backoff * 2, 5.0)
 
 
-def select_device(requested: str, timeout: float = 600.0) -> DeviceLease:
-    """Lease a device for this process: "cpu", "cuda" (must get a GPU) or "auto" (GPU if any).
+def select_device(requested: str, timeout: float = 600.0, jobs_per_gpu: int = 1) -> DeviceLease:
+    """Lease a device for this process: "cpu", "cuda" (must get a GPU) or "auto" (GPU if any);
+    up to `jobs_per_gpu` processes share one GPU.
 
     Call before any torch.cuda.* use: CUDA reads CUDA_VISIBLE_DEVICES once, at init.
     """
@@ -151,7 +164,7 @@ def select_device(requested: str, timeout: float = 600.0) -> DeviceLease:
             f"config asks for device 'cuda' but no GPU is visible: CUDA_VISIBLE_DEVICES="
             f"{'(unset)' if visible is None else repr(visible)}, "
             f"nvidia-smi found {nvidia_smi_count()}")
-    return _acquire(pool, timeout)
+    return _acquire(pool, timeout, jobs_per_gpu)
 
 
 def cuda_usable() -> bool:
@@ -162,11 +175,11 @@ def cuda_usable() -> bool:
     return torch.cuda.is_available()
 
 
-def training_device(requested: str, timeout: float = 600.0) -> DeviceLease:
+def training_device(requested: str, timeout: float = 600.0, jobs_per_gpu: int = 1) -> DeviceLease:
     """`select_device`, then make sure torch can use the leased GPU. If it cannot, `auto`
     falls back to the CPU (logged, and recorded in the lease's description) and `cuda`
     stops with a message naming the setting."""
-    lease = select_device(requested, timeout)
+    lease = select_device(requested, timeout, jobs_per_gpu)
     if lease.device == "cpu" or cuda_usable():
         return lease
     why = (f"GPU {lease.physical_id} was assigned (CUDA_VISIBLE_DEVICES) and torch cannot use it "

@@ -27,14 +27,22 @@ class StepResult:
     logs: dict[str, float]  # what the balancer reported from loss and after_backward
 
 
+def autocast(device: torch.device, precision: str):
+    """The forward passes' precision (`train.precision`): bf16 autocast, or plain fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 class NonFiniteLoss(ArithmeticError):
     """The objective is NaN or infinite; raised before any gradient or parameter changes."""
 
 
 def training_step(model, balancer, optimizer, inputs: dict[str, torch.Tensor], labels: torch.Tensor, epoch: int,
-                  stop_on_nonfinite: bool = False) -> StepResult:
-    out = balancer.forward(model, inputs, labels, epoch)
-    objective, logs = balancer.loss(out, labels, epoch)
+                  stop_on_nonfinite: bool = False, precision: str = "fp32") -> StepResult:
+    # bf16 autocast covers the forward pass and the objective; backward runs outside it, as
+    # torch recommends, and the weights, gradients and optimizer state stay fp32.
+    with autocast(labels.device, precision):
+        out = balancer.forward(model, inputs, labels, epoch)
+        objective, logs = balancer.loss(out, labels, epoch)
     loss = objective.item()
     if stop_on_nonfinite and not math.isfinite(loss):
         raise NonFiniteLoss(loss)

@@ -40,7 +40,7 @@ from mmbalance.data.store.features import FeatureStore
 from mmbalance.devices import training_device
 from mmbalance.io import write_atomic, write_text_atomic
 from mmbalance.models.multimodal import build_model
-from mmbalance.step import NonFiniteLoss, training_step
+from mmbalance.step import NonFiniteLoss, autocast, training_step
 from mmbalance.tracking import Tracker, git_commit
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, settings: dict):
     raise ValueError(f"unknown scheduler {settings['name']!r}; known: constant, step")
 
 
+# Training settings that change where or how fast a cell runs, never what it computes.
+SCHEDULING_KEYS = ("store_budget_mb", "jobs_per_gpu")
+
+
 def settings_fingerprint(settings: dict) -> str:
-    """Identifies what a checkpoint was trained with; the tracking target may
-    change between attempts without invalidating it."""
+    """Identifies what a checkpoint was trained with; the tracking target and the
+    scheduling keys may change between attempts without invalidating it."""
     relevant = {k: v for k, v in settings.items() if k != "tracking"}
+    relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in SCHEDULING_KEYS}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def augmentation(recipe: dict, seed: int, stream: int) -> torch.Generator | None:
+    """The generator training crops and flips are drawn from, or None without augmentation.
+    Stream 0 is the training batches' (saved in checkpoints); the epoch hooks draw from
+    streams seeded by the epoch, so they never shift the training batches' crops."""
+    if recipe["augment"] == "none":
+        return None
+    return torch.Generator().manual_seed(seed * 100_003 + 50_021 + stream)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,16 +91,18 @@ class NonFiniteLossError(RuntimeError):
 
 
 @torch.no_grad()
-def predict(model, store: FeatureStore, rows: torch.Tensor, batch_size: int, norms: dict | None = None) -> dict[str, np.ndarray]:
+def predict(model, store: FeatureStore, rows: torch.Tensor, batch_size: int, norms: dict | None = None,
+            precision: str = "fp32") -> dict[str, np.ndarray]:
     """Softmax probabilities of the fused output and of every modality's head.
     Fills `norms` (if given) with each head's per-sample logit L2 norm."""
     model.eval()
     outputs, logit_norms = defaultdict(list), defaultdict(list)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        out = model(store.inputs(batch, model.modalities))
-        outputs["fused"].append(out.fused.softmax(1).cpu())
+    for _, inputs in store.batches(rows, batch_size, model.modalities):
+        with autocast(store.device, precision):
+            out = model(inputs)
+        outputs["fused"].append(out.fused.float().softmax(1).cpu())
         for m, logits in out.unimodal.items():
+            logits = logits.float()
             outputs[m].append(logits.softmax(1).cpu())
             logit_norms[m].append(logits.norm(dim=1).cpu())
     if norms is not None:
@@ -125,16 +141,17 @@ def dominance_ratios(unimodal: dict[str, torch.Tensor], labels: torch.Tensor) ->
     return ratios
 
 
-def sample_batches(store, rows, modalities, batch_size, seed, epoch, split: str, fraction: float = 1.0):
+def sample_batches(store, rows, modalities, batch_size, seed, epoch, split: str, fraction: float = 1.0, augment: str = "none"):
     """(inputs, labels) over a shuffled fraction of a split, for the epoch hooks.
-    Its own generator, seeded by (seed, epoch): the training order is untouched
-    and a resumed run draws the same samples."""
+    Its own generators, seeded by (seed, epoch): the training order and crops are
+    untouched and a resumed run draws the same samples. Training rows are augmented
+    as training batches are (the references' hooks read the training loader)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     members = rows[split][torch.randperm(len(rows[split]), generator=generator)]
     members = members[: max(1, round(fraction * len(members)))]
-    for start in range(0, len(members), batch_size):
-        batch = members[start : start + batch_size]
-        yield store.inputs(batch, modalities), store.labels[batch]
+    crops = augmentation({"augment": augment}, seed, 1 + epoch) if split in ("train", "holdout") else None
+    for batch, inputs in store.batches(members, batch_size, modalities, crops):
+        yield inputs, store.labels[batch]
 
 
 def carve_holdout(rows: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,16 +168,16 @@ def carve_holdout(rows: torch.Tensor, labels: torch.Tensor, fraction: float, see
     return rows[~held], rows[held]
 
 
-def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, data_order, on_nonfinite="stop", cell="") -> dict[str, float]:
+def train_one_epoch(model, balancer, optimizer, store, rows, batch_size, epoch, data_order, on_nonfinite="stop", cell="",
+                    augment: torch.Generator | None = None, precision: str = "fp32") -> dict[str, float]:
     model.train()
     sums, count, correct, nonfinite = defaultdict(float), 0, 0, 0
     order = rows[torch.randperm(len(rows), generator=data_order)]
-    for step, start in enumerate(range(0, len(order), batch_size)):
-        batch = order[start : start + batch_size]
+    for step, (batch, inputs) in enumerate(store.batches(order, batch_size, model.modalities, augment)):
         labels = store.labels[batch]
         try:
-            result = training_step(model, balancer, optimizer, store.inputs(batch, model.modalities), labels, epoch,
-                                   stop_on_nonfinite=on_nonfinite == "stop")
+            result = training_step(model, balancer, optimizer, inputs, labels, epoch,
+                                   stop_on_nonfinite=on_nonfinite == "stop", precision=precision)
         except NonFiniteLoss as error:
             raise NonFiniteLossError(
                 f"cell {cell}: the training loss is {error.args[0]} at epoch {epoch}, step {step}; the run diverged "
@@ -213,15 +230,15 @@ def train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Pa
 def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: Path, run_name: str, tuning: dict | None) -> dict:
     seed, recipe, cell = settings["seed"], settings["train"], settings["cell"]
     torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
-    lease = training_device(recipe["device"])
+    lease = training_device(recipe["device"], jobs_per_gpu=recipe["jobs_per_gpu"])
     device = torch.device(lease.device)
     log.info("device: %s", lease.describe())
 
-    store = FeatureStore.load(features_dir).to(device)
+    store = FeatureStore.load(features_dir).place(device, recipe["store_budget_mb"])
     fingerprint = settings_fingerprint(settings)
     tags = cell | {"seed": seed, "mlflow.source.git.commit": git_commit(), "data_hash": store.meta["data_hash"], "device": lease.describe(),
                    "settings_fingerprint": fingerprint}
-    tags |= {f"recipe.{k}": v for k, v in store.meta["recipe"].items()} | {"protocol": store.meta.get("protocol", "")}
+    tags |= {f"recipe.{k}": v for k, v in store.meta["recipe"].items()} | {"protocol": store.meta.get("protocol", ""), "recipe.augment": recipe["augment"]}
     if tuning is not None:
         tags |= {"study": tuning["study"], "trial": tuning["trial"], "kind": "trial", "mlflow.parentRunId": tuning["parent_run"]}
     splits = ("train", "val") if tuning is not None else ("train", "val", "test")
@@ -246,10 +263,16 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
         balancer = build_balancer(settings["method"], settings["method_settings"])
         modalities = list(balancer.modalities or ALL_MODALITIES)
         model = build_model(modalities, settings["backbone"], settings["fusion"], store.num_classes, not balancer.trains_unimodal_heads).to(device)
+        if recipe["channels_last"] is True or (recipe["channels_last"] == "auto" and device.type == "cuda"):
+            model = model.to(memory_format=torch.channels_last)
+        if recipe["compile"]:
+            model.compile()  # in place: the state dict keeps its keys, so checkpoints stay loadable
         balancer.setup(model)
         optimizer = build_optimizer(model.parameters(), recipe["optimizer"])
         scheduler = build_scheduler(optimizer, recipe["scheduler"])
         data_order = torch.Generator().manual_seed(seed)
+        crops = augmentation(recipe, seed, 0)
+        generators = {"data_order": data_order} | ({"augment": crops} if crops is not None else {})
         rows = {split: store.split_rows(cell["fold"], split) for split in splits}
         for split, members in rows.items():
             if len(members) == 0:
@@ -273,7 +296,7 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             balancer.load_state_dict(state["balancer"])
-            checkpoint.set_rng_states(state["rng"], data_order)
+            checkpoint.set_rng_states(state["rng"], generators)
             history, best, run_id, start_epoch = state["history"], state["best"], state["run_id"], state["epoch"]
             log.info("resuming from %s at epoch %d", checkpoint_path, start_epoch)
 
@@ -287,16 +310,16 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
         for epoch in range(start_epoch, recipe["epochs"]):
             began = time.perf_counter()
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            context = EpochContext(epoch, model, partial(sample_batches, store, rows, model.modalities, recipe["batch_size"], seed, epoch),
-                                   optimizer=optimizer)
+            context = EpochContext(epoch, model, partial(sample_batches, store, rows, model.modalities, recipe["batch_size"], seed, epoch,
+                                                         augment=recipe["augment"]), optimizer=optimizer)
             row |= {f"balance/{k}": v for k, v in balancer.on_epoch_start(context).items()}
             row |= train_one_epoch(model, balancer, optimizer, store, rows["train"], recipe["batch_size"], epoch, data_order,
-                                   recipe["on_nonfinite"], run_name)
+                                   recipe["on_nonfinite"], run_name, crops, recipe["precision"])
             val_norms = {}
-            val_probs = predict(model, store, rows["val"], recipe["eval_batch_size"], val_norms)
+            val_probs = predict(model, store, rows["val"], recipe["eval_batch_size"], val_norms, recipe["precision"])
             row |= accuracies(val_probs, labels[rows["val"].cpu()], "val")
             if "test" in rows:
-                test_probs = predict(model, store, rows["test"], recipe["eval_batch_size"])
+                test_probs = predict(model, store, rows["test"], recipe["eval_batch_size"], precision=recipe["precision"])
                 row |= accuracies(test_probs, labels[rows["test"].cpu()], "test")
             if len(val_norms) > 1:  # a unimodal baseline has no heads to compare
                 row |= logit_norms_per_class(val_norms, labels[rows["val"].cpu()], store.meta["class_names"])
@@ -313,7 +336,7 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             state = {
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "balancer": balancer.state_dict(), "rng": checkpoint.rng_states(data_order),
+                "scheduler": scheduler.state_dict(), "balancer": balancer.state_dict(), "rng": checkpoint.rng_states(generators),
                 "history": history, "best": best, "run_id": tracker.run_id, "settings_fingerprint": fingerprint,
             }
             checkpoint.save(checkpoint_path, state)  # first the state, then the log: a kill in between is healed by log_history

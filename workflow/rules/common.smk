@@ -170,7 +170,7 @@ def generator_settings(wildcards):
 
 
 def preprocessing_recipe(wildcards):
-    return json.dumps(EXPERIMENT.recipes[wildcards.dataset], sort_keys=True)
+    return json.dumps(EXPERIMENT.store_recipe(wildcards.dataset), sort_keys=True)
 
 
 def raw_dir(wildcards):

@@ -153,6 +153,19 @@ def decode_frames(path: Path, num_frames: int, fps: float, size: int, start: flo
     return np.stack(chosen), padded
 
 
+def video_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the first video stream, as its decoder reports it."""
+    check_is_media(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            return int(stream.codec_context.width), int(stream.codec_context.height)
+    except av.error.FFmpegError as error:
+        raise MediaError(f"{path}: cannot read the video stream ({error})") from error
+
+
 # --- audio presence
 
 

@@ -12,7 +12,13 @@ param of the preprocess rule, is written into the feature store's meta.json
 and is logged as MLflow tags of every run that trains on the store.
 
 Keys:
-  frames, fps, frame_size   frames at times start + k/fps, resized to a square
+  frames, fps, frame_size   frames at times start + k/fps; the model sees frame_size squares
+  store_size                the square size frames are kept at in the store (default
+                            frame_size); training crops come from it, so a larger one keeps
+                            more detail in small crops, at (store_size / frame_size)^2 memory
+  augment                   reference (every reference loader's RandomResizedCrop + flip
+                            of each training frame, mmbalance.data.augment) or none; read by
+                            the training job, so changing it retrains but never re-decodes
   short_clips               pad (repeat the last frame) or skip (MLB's UCF101 rule)
   segment                   use the catalog's start/end (AVE's event segment)
   sample_rate, seconds      audio resampled, then tiled or cut to this length
@@ -26,7 +32,9 @@ Keys:
 
 from __future__ import annotations
 
-DEFAULTS = {"short_clips": "pad", "segment": False, "crop": "start", "audio_features": "stft", "normalise": "none"}
+DEFAULTS = {"short_clips": "pad", "segment": False, "crop": "start", "audio_features": "stft", "normalise": "none", "augment": "none"}
+# Keys the training job reads; the store is built from the others.
+TRAINING_KEYS = ("augment",)
 REQUIRED = ["frames", "fps", "frame_size", "sample_rate", "seconds"]
 
 # Recipe A: librosa.load(sr=22050), tile to 3 s, stft(512, hop 353), log -> 257 x 188.
@@ -71,8 +79,14 @@ def resolve(preprocessing: dict, where: str = "preprocessing") -> dict:
         raise ValueError(f"{where}.preset: {preset!r} is not one of {sorted(PRESETS)}")
     recipe = DEFAULTS | PRESETS.get(preset, {}) | {k: v for k, v in preprocessing.items() if k != "preset"}
     recipe["preset"] = preset or "custom"
+    recipe.setdefault("store_size", recipe.get("frame_size"))
     needed = REQUIRED + NEEDS.get(recipe["audio_features"], [])
     missing = [key for key in needed if key not in recipe]
     if missing:
         raise ValueError(f"{where}: recipe lacks {missing} (set them, or name a preset: {sorted(PRESETS)})")
     return recipe
+
+
+def store_recipe(recipe: dict) -> dict:
+    """What the feature store is built from: the recipe without the training-only keys."""
+    return {k: v for k, v in recipe.items() if k not in TRAINING_KEYS}

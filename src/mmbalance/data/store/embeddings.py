@@ -73,7 +73,7 @@ def extract(catalog_dir: Path, out_dir: Path, recipe: dict, backbone: dict, devi
         waveform = media.decode_audio(clip.audio, WAV2VEC2_SAMPLE_RATE, start, end)
         frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size, start, pad=recipe["short_clips"] == "pad")
         audio = extractors.audio_features(media.fit_length(waveform, num_samples, recipe["crop"]))
-        return {"audio.npy": audio, "video.npy": extractors.frame_features(frames)}, padded
+        return {"audio.npy": audio, "video.npy": extractors.frame_features(frames)}, {"padded_frames": padded}
 
     arrays = {"audio.npy": (np.float16, audio_shape), "video.npy": (np.float32, video_shape)}
     meta = {

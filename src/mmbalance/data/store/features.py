@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import pandas as pd
 import torch
 
 from mmbalance.data import media
+from mmbalance.data.augment import augment_frames, resize_frames
 from mmbalance.data.catalog import Catalog, Clip, check_skips, skip_report
 from mmbalance.io import disk_full_named, file_sha256, read_json, write_text_atomic
 
@@ -36,6 +38,13 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _pixel_normalisation(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with x * scale + shift = (x / 255 - mean) / std, per channel."""
+    std, mean = torch.tensor(IMAGENET_STD, device=device), torch.tensor(IMAGENET_MEAN, device=device)
+    return (1 / (255 * std))[:, None, None], (-mean / std)[:, None, None]
+
 # Array file of each modality, per kind of store.
 SKIP_REPORT = "kept_skipped.csv"
 STORE_FILES = {
@@ -54,17 +63,19 @@ def preprocess(catalog_dir: Path, out_dir: Path, recipe: dict, skip_log: Path | 
     job); a split that skipped more than `max_skipped_fraction` or lost a
     class stops the run after both are written."""
     catalog = Catalog.read(catalog_dir)
-    size, num_frames = recipe["frame_size"], recipe["frames"]
+    # Frames are kept at store_size (training crops from them; frame_size is what the model sees).
+    size, num_frames = recipe.get("store_size") or recipe["frame_size"], recipe["frames"]
     num_samples = int(round(recipe["seconds"] * recipe["sample_rate"]))
     to_features = media.audio_transform(recipe)
     spec_shape = to_features(np.zeros(num_samples, dtype=np.float32)).shape
 
-    def decode(clip: Clip) -> tuple[dict[str, np.ndarray], int]:
+    def decode(clip: Clip) -> tuple[dict[str, np.ndarray], dict]:
         start, end = (clip.start, clip.end) if recipe["segment"] else (0.0, None)
         waveform = media.decode_audio(clip.audio, recipe["sample_rate"], start, end)
         spectrogram = to_features(media.fit_length(waveform, num_samples, recipe["crop"]))
         frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size, start, pad=recipe["short_clips"] == "pad")
-        return {"spectrograms.npy": spectrogram, "frames.npy": frames}, padded
+        width, height = media.video_size(clip.video)
+        return {"spectrograms.npy": spectrogram, "frames.npy": frames}, {"padded_frames": padded, "source_width": width, "source_height": height}
 
     arrays = {"frames.npy": (np.uint8, (num_frames, size, size, 3)), "spectrograms.npy": (np.float16, spec_shape)}
     meta = {"kind": "decoded", "recipe": recipe, "frames_shape": [num_frames, size, size, 3], "spectrogram_shape": list(spec_shape)}
@@ -86,7 +97,7 @@ def report_skips(catalog: Catalog, index: pd.DataFrame, out_dir: Path, skip_log:
 
 
 def write_store(catalog: Catalog, out_dir: Path, arrays: dict[str, tuple], encode, meta: dict) -> pd.DataFrame:
-    """Run `encode(clip) -> ({file: array}, padded frames)` once on every clip of
+    """Run `encode(clip) -> ({file: array}, {index column: value})` once on every clip of
     the catalog and write the store: one memory-mapped array per file of
     `arrays` ({file: (dtype, per-clip shape)}), renamed into place only when
     complete, then index.csv and meta.json (`meta` plus what every store has).
@@ -109,10 +120,11 @@ def write_store(catalog: Catalog, out_dir: Path, arrays: dict[str, tuple], encod
     rows = []
     for row, clip in enumerate(clips):
         entry = {"clip": clip.name, "group": clip.group, "label": clip.label, "row": row, "skipped": False, "skip_kind": "",
-                 "reason": "", "padded_frames": 0}
+                 "reason": "", "padded_frames": 0, "source_width": 0, "source_height": 0}
         entry |= {f"fold{fold}": names.get(clip.name, "") for fold, names in split_of.items()}
         try:
-            values, entry["padded_frames"] = encode(clip)
+            values, columns = encode(clip)
+            entry |= columns
             for name, value in values.items():
                 maps[name][row] = value
         except media.MediaError as error:
@@ -149,31 +161,49 @@ def store_hash(out_dir: Path, names: list[str]) -> str:
 
 @dataclass
 class FeatureStore:
-    """The whole store in memory, as tensors, with split membership per fold.
+    """The store's arrays, memory-mapped, with split membership per fold and the batches of a run.
 
     Two kinds share the index and the fold logic: `decoded` stores (frames and
     spectrograms, for the ResNet backbone) and `embeddings` stores (frozen
-    per-step features, for the Conformer backbone; see data/embeddings.py).
+    per-step features, for the Conformer backbone; see data/store/embeddings.py).
+
+    `place(device, budget_mb)` decides where batches come from. A store whose arrays fit
+    the budget is copied onto the training device once: a batch is then an index lookup
+    there. A larger one stays memory-mapped: each batch's rows are read from the page cache
+    (shared by every job on the host that reads the same store) into pinned memory on a
+    background thread, one batch ahead of the model. Both paths turn the same raw rows
+    into the same inputs, so a run's results do not depend on which one it took.
     """
 
-    arrays: dict[str, torch.Tensor]  # modality -> raw array as stored
+    arrays: dict[str, np.ndarray | torch.Tensor]  # modality -> raw rows: a memory map, or a tensor on the device
     labels: torch.Tensor  # int64 (N,)
     index: pd.DataFrame
     meta: dict
     # Embeddings only: per-channel (mean, std) over the fold's training clips.
     scale: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    device: torch.device = torch.device("cpu")
+    # Decoded stores: (N, 2) width and height of each clip's original frames, for the crop boxes.
+    source_size: torch.Tensor | None = None
 
     @property
     def kind(self) -> str:
         return self.meta.get("kind", "decoded")
 
     @property
-    def frames(self) -> torch.Tensor:  # uint8 (N, T, H, W, 3), decoded stores
+    def frames(self) -> np.ndarray | torch.Tensor:  # uint8 (N, T, S, S, 3), decoded stores
         return self.arrays["video"]
 
     @property
-    def spectrograms(self) -> torch.Tensor:  # float16 (N, F, S), decoded stores
+    def spectrograms(self) -> np.ndarray | torch.Tensor:  # float16 (N, F, S), decoded stores
         return self.arrays["audio"]
+
+    @property
+    def resident(self) -> bool:
+        return all(isinstance(a, torch.Tensor) for a in self.arrays.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size() for a in self.arrays.values())
 
     @classmethod
     def load(cls, store_dir: Path) -> "FeatureStore":
@@ -186,40 +216,95 @@ class FeatureStore:
             if not (store_dir / name).exists():
                 raise FileNotFoundError(f"feature store {store_dir} lacks {name}: run the preprocess (or extract) rule first")
         index = pd.read_csv(store_dir / "index.csv", keep_default_na=False)
+        sizes = index[["source_width", "source_height"]].to_numpy(np.float64) if "source_width" in index.columns else None
         return cls(
-            arrays={m: torch.from_numpy(np.load(store_dir / name)) for m, name in files.items()},
+            arrays={m: np.load(store_dir / name, mmap_mode="r") for m, name in files.items()},
             labels=torch.tensor(index["label"].to_numpy(), dtype=torch.long),
             index=index,
             meta=meta,
+            source_size=None if sizes is None else torch.from_numpy(sizes),
         )
 
-    def to(self, device: torch.device | str) -> "FeatureStore":
-        """Keep the whole store on the training device: batches are then index
-        lookups, and an epoch is bound by model compute, not by data loading."""
-        self.arrays = {m: t.to(device) for m, t in self.arrays.items()}
-        self.labels = self.labels.to(device)
+    def place(self, device: torch.device | str, budget_mb: float | None = None) -> "FeatureStore":
+        """Copy the arrays onto `device` when they take at most `budget_mb` (None: always);
+        otherwise keep them memory-mapped and stream batches (see the class docstring)."""
+        self.device = torch.device(device)
+        self.labels = self.labels.to(self.device)
+        if budget_mb is None or self.nbytes <= budget_mb * 1e6:
+            self.arrays = {m: torch.from_numpy(np.array(a)).to(self.device) if isinstance(a, np.ndarray) else a.to(self.device)
+                           for m, a in self.arrays.items()}
+            log.info("feature store on %s (%.1f MB)", self.device, self.nbytes / 1e6)
+        else:
+            log.info("feature store streamed from its memory map (%.1f MB > budget %g MB)", self.nbytes / 1e6, budget_mb)
         return self
 
-    def inputs(self, rows: torch.Tensor, modalities: list[str]) -> dict[str, torch.Tensor]:
-        """Model inputs for `rows`. Embeddings: (B, T, C) float32. Decoded:
-        log-spectrograms (B, F, S) float32 and frames (B, T, 3, H, W) scaled to
-        [0, 1] and normalised with the ImageNet statistics every reference code uses."""
+    def read(self, rows: torch.Tensor, modalities) -> dict[str, torch.Tensor]:
+        """The raw rows of `modalities`, as stored, on the training device."""
+        if self.resident:
+            rows = rows.to(self.device)
+            return {m: self.arrays[m][rows] for m in modalities}
+        positions = rows.cpu().numpy()
+        batch = {m: torch.from_numpy(self.arrays[m][positions]) for m in modalities}
+        if self.device.type == "cuda":  # pinned, so the copy overlaps the model's work
+            batch = {m: x.pin_memory().to(self.device, non_blocking=True) for m, x in batch.items()}
+        return batch
+
+    def batches(self, rows: torch.Tensor, batch_size: int, modalities, augment: torch.Generator | None = None):
+        """(rows, inputs) for consecutive batches of `rows`. A streamed store reads the next
+        batch on a background thread while the caller trains on this one; the conversion
+        (and the augmentation's random draws) stay on the caller's thread, in order."""
+        chunks = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+        if self.resident or len(chunks) < 2:
+            for chunk in chunks:
+                yield chunk, self.inputs(chunk, modalities, augment)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read") as reader:
+            pending = reader.submit(self.read, chunks[0], modalities)
+            for k, chunk in enumerate(chunks):
+                raw = pending.result()
+                if k + 1 < len(chunks):
+                    pending = reader.submit(self.read, chunks[k + 1], modalities)
+                yield chunk, self.convert(raw, chunk, augment)
+
+    def inputs(self, rows: torch.Tensor, modalities, augment: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for `rows` (see `convert`)."""
+        return self.convert(self.read(rows, modalities), rows, augment)
+
+    def convert(self, raw: dict[str, torch.Tensor], rows: torch.Tensor, augment: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Raw rows -> model inputs. Embeddings: (B, T, C) float32, standardised once
+        `standardise` has run. Decoded: log-spectrograms (B, F, S) float32 and frames
+        (B, T, 3, H, W) at the recipe's frame_size, normalised with the ImageNet statistics
+        every reference code uses; with `augment`, each frame randomly cropped and flipped
+        (mmbalance.data.augment), otherwise resized whole."""
         if self.kind == "embeddings":
-            batch = {m: self.arrays[m][rows].float() for m in modalities}
+            batch = {m: x.float() for m, x in raw.items()}
             if self.scale is not None:
                 batch = {m: (x - self.scale[m][0]) / self.scale[m][1] for m, x in batch.items()}
             return batch
         batch = {}
-        if "audio" in modalities:
-            batch["audio"] = self.spectrograms[rows].float()
-        if "video" in modalities:
-            frames = self.frames[rows].permute(0, 1, 4, 2, 3).float() / 255.0
-            mean = frames.new_tensor(IMAGENET_MEAN)[:, None, None]
-            std = frames.new_tensor(IMAGENET_STD)[:, None, None]
-            # Contiguous NCHW: oneDNN's channels-last path (which the permuted view
-            # would select) hangs or crashes on narrow convs on CPU.
-            batch["video"] = ((frames - mean) / std).contiguous()
+        if "audio" in raw:
+            batch["audio"] = raw["audio"].float()
+        if "video" in raw:
+            # Reorder the uint8 rows before widening: four times cheaper than permuting floats.
+            frames = raw["video"].permute(0, 1, 4, 2, 3).contiguous().float()
+            size = self.meta["recipe"]["frame_size"]
+            if augment is not None:  # the generator the crops and flips are drawn from
+                frames = augment_frames(frames, augment, *self.source_sizes(rows), size)
+            else:
+                frames = resize_frames(frames, size)
+            scale, shift = _pixel_normalisation(frames.device)
+            # (x / 255 - mean) / std in one pass. Contiguous NCHW: oneDNN's channels-last path
+            # hangs or crashes on narrow convs on CPU (train.channels_last converts on CUDA).
+            batch["video"] = torch.addcmul(shift, frames, scale)
         return batch
+
+    def source_sizes(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(widths, heights) of the original frames of `rows`: the crop boxes are drawn in them."""
+        if self.source_size is None:
+            raise KeyError(f"feature store of {self.meta.get('dataset')} has no source_width/source_height columns in "
+                           "index.csv (written before augmentation existed): run its preprocess rule again")
+        sizes = self.source_size[rows.cpu()]
+        return sizes[:, 0], sizes[:, 1]
 
     def standardise(self, train_rows: torch.Tensor) -> None:
         """Embeddings: standardise each channel with the statistics of the fold's
@@ -228,8 +313,8 @@ class FeatureStore:
         if self.kind != "embeddings":
             return
         self.scale = {}
-        for m, array in self.arrays.items():
-            x = array[train_rows].float().flatten(0, -2)
+        for m, x in self.read(train_rows, list(self.arrays)).items():
+            x = x.float().flatten(0, -2)
             # A constant channel stays 0 (0 / tiny); a tiny but varying one is rescaled.
             self.scale[m] = (x.mean(dim=0), x.std(dim=0).clamp_min(torch.finfo(torch.float32).tiny))
 

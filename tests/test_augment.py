@@ -77,14 +77,14 @@ def test_box_distribution_matches_torchvision():
 
 def test_crop_resize_is_a_crop_then_a_bilinear_resize():
     torch.manual_seed(0)
-    images = torch.rand(2, 3, 40, 40)
-    box = [[5.0, 7.0, 20.0, 12.0], [10.0, 0.0, 30.0, 32.0]]  # both enlarged: k = 1
+    images = torch.rand(3, 3, 40, 40)
+    box = [[5.0, 7.0, 20.0, 12.0], [10.0, 0.0, 30.0, 32.0], [0.0, 0.0, 40.0, 40.0]]  # shrunk by < 2x: k = 1 too
     out = augment.crop_resize(images, torch.tensor(box), 32)
     for i, (left, top, w, h) in enumerate(box):
         crop = images[i : i + 1, :, int(top) : int(top + h), int(left) : int(left + w)]
         expected = F.interpolate(crop, size=(32, 32), mode="bilinear", align_corners=False)
         assert torch.allclose(out[i : i + 1], expected, atol=1e-5)
-    flipped = augment.crop_resize(images, torch.tensor(box), 32, flips=torch.tensor([True, False]))
+    flipped = augment.crop_resize(images, torch.tensor(box), 32, flips=torch.tensor([True, False, False]))
     assert torch.allclose(flipped[0], out[0].flip(-1), atol=1e-6) and torch.equal(flipped[1], out[1])
 
 
@@ -105,7 +105,10 @@ def test_same_seed_same_crops_and_eval_untouched():
     other = augment.augment_frames(frames, torch.Generator().manual_seed(6), *sizes, 32)
     assert first.shape == (3, 2, 3, 32, 32) and torch.equal(first, again) and not torch.equal(first, other)
     assert augment.resize_frames(frames, 48) is frames
-    assert torch.allclose(augment.resize_frames(frames, 24), F.avg_pool2d(frames.flatten(0, 1), 2).reshape(3, 2, 3, 24, 24), atol=1e-6)
+    from torchvision.transforms import Resize
+
+    expected = Resize((24, 24), antialias=True)(frames.flatten(0, 1)).reshape(3, 2, 3, 24, 24)
+    assert torch.allclose(augment.resize_frames(frames, 24), expected, atol=1e-6)  # the references' test transform
 
 
 def test_store_augments_training_batches_only(tiny_store):

@@ -70,8 +70,47 @@ def test_overrides_win_over_the_preset_and_are_recorded():
     ({"preset": "mlb_cremd"}, "datasets.x.preprocessing.preset: 'mlb_cremd' is not one of"),
     ({"frames": 1, "fps": 1.0}, "datasets.x.preprocessing: recipe lacks ['frame_size', 'sample_rate', 'seconds', 'n_fft', 'hop_length']"),
     ({"preset": "mlb_ucf101", "audio_features": "fbank"}, "recipe lacks ['mel_bins', 'fbank_frames']"),
+    ({"preset": "mlb_ave", "downmix": "both"}, "datasets.x.preprocessing.downmix: 'both' is not one of ['mean', 'left']"),
+    ({"preset": "mlb_ave", "frame_select": "nearest"}, "datasets.x.preprocessing.frame_select: 'nearest' is not one of"),
+    ({"preset": "ogm_ge_vggsound", "resample": "nearest"}, "resample: 'nearest' is moviepy's to_soundarray, it needs audio_reader: moviepy"),
+    ({"preset": "ogm_ge_vggsound", "crop": "none"}, "crop: 'none' keeps clips of any length"),
 ])
 def test_a_bad_recipe_names_the_key(preprocessing, message):
     with pytest.raises(ValueError) as error:
         recipes.resolve(preprocessing, "datasets.x.preprocessing")
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("select, rate, expected", [
+    ("count", 30.0, [0, 30, 60]),
+    ("count", 30000 / 1001, [0, 29, 58]),  # OpenCV's int(29.97) = 29: the reference drifts, and so do we
+    ("mid_second", 30000 / 1001, [14, 104, 194]),  # 1-based round((s + 0.5) * fps) for s = 0, 3, 6
+    ("mid_second", 25.0, [11, 87, 161]),  # Python's round to even: 12.5 -> 12, 87.5 -> 88, as in obtain_frames.py
+])
+def test_frame_indices_count_as_the_reference_extractors(select, rate, expected):
+    fps = 1.0 if select == "count" else 1 / 3
+    assert media.frame_indices(select, 3, fps, 0.0, rate) == expected
+
+
+def test_frame_indices_of_a_segment_count_from_the_files_first_frame():
+    """MLB's AVE extractor keeps second s of the file as frame s * int(fps), whatever the segment."""
+    assert media.frame_indices("count", 4, 1.0, 2.0, 30000 / 1001) == [58, 87, 116, 145]
+
+
+def test_pixels_rgb_is_totensor_and_bgr_255_is_mlbs_ucf101_input():
+    frame = torch.tensor([[[[10, 20, 30]]]], dtype=torch.uint8)  # (T=1, H=1, W=1, RGB)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    rgb = media.frames_to_input(frame, "rgb")[0, :, 0, 0]
+    bgr = media.frames_to_input(frame, "bgr_255")[0, :, 0, 0]
+    assert torch.allclose(rgb, (torch.tensor([10.0, 20.0, 30.0]) / 255 - mean) / std)
+    assert torch.allclose(bgr, (torch.tensor([30.0, 20.0, 10.0]) - mean) / std)
+    with pytest.raises(ValueError, match="pixels 'yuv'"):
+        media.frames_to_input(frame, "yuv")
+
+
+def test_raw_crop_keeps_the_clip_and_the_fbank_pads_it():
+    wave = np.sin(np.arange(8000) / 5.0).astype(np.float32)  # 0.5 s
+    assert media.fit_length(wave, 160000, "none") is wave
+    recipe = recipes.resolve({"preset": "gewu_kinetics_sounds"})
+    out = media.audio_transform(recipe)(media.fit_length(wave, 160000, recipe["crop"]))
+    assert out.shape == (1024, 128) and np.allclose(out[48:], 4.503877 / (2 * 5.141276))  # 48 frames of 25 ms / 10 ms

@@ -371,7 +371,7 @@ def test_preprocessing_skips_the_defective_clips_with_their_reason(downloaded, s
     assert by_name.loc[[n for n in by_name.index if kinds[n] == "no_audio"], "skip_kind"].tolist() == ["no_audio"]
     assert by_name.loc[[n for n in by_name.index if kinds[n] == "corrupt"], "skip_kind"].tolist() == ["corrupt"]
     assert not by_name.loc[[n for n in by_name.index if kinds[n] in ("ok", "short")], "skipped"].any()
-    assert by_name.loc[[n for n in by_name.index if kinds[n] == "short"], "padded_frames"].tolist() == [2]  # 2 s clip, frames at 0, 3.3, 6.7 s
+    assert by_name.loc[[n for n in by_name.index if kinds[n] == "short"], "padded_frames"].tolist() == [1]  # 2 s clip: the 1 fps frames of 0 and 1 s, 2 s repeated
     frames = features.np.load(tmp_path / "store" / "frames.npy", mmap_mode="r")
     spectrograms = features.np.load(tmp_path / "store" / "spectrograms.npy", mmap_mode="r")
     assert frames.shape == (len(catalog.clips), 3, 32, 32, 3)

@@ -180,6 +180,14 @@ def cmd_settings(args) -> None:
 
 
 def cmd_benchmark(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.pipeline:
+        from mmbalance.bench_pipeline import run
+
+        run(args.clips, args.batch_size or 64, args.device, args.steps, args.rounds, args.threads)
+        return
     from mmbalance.bench import run
 
     run(args.backbones, args.fusions, args.batch_size, args.device, args.steps, args.threads, args.extraction)
@@ -307,7 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extraction", action="store_true", help="also time the Conformer's frozen extraction per clip")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (and the reference-style loader's workers)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="instead: the input pipeline (in memory vs streamed, augmentation, a reference-style loader) and the "
+                        "training step around it (model only vs full, fp32 vs bf16, channels-last), at OGM-GE's CREMA-D sizes")
+    p.add_argument("--clips", type=int, default=512, help="--pipeline: clips in the generated store")
+    p.add_argument("--rounds", type=int, default=3, help="--pipeline: rounds of the step timings, configurations taking turns")
     p.set_defaults(func=cmd_benchmark)
     return parser
 

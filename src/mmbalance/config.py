@@ -68,6 +68,8 @@ def _schema() -> dict:
     defs["fusion_name"]["enum"] = list(FUSIONS)
     defs["method_name"]["enum"] = list(METHODS)
     defs["recipe"]["properties"]["preset"]["enum"] = list(recipes.PRESETS)
+    for key, allowed in recipes.CHOICES.items():
+        defs["recipe"]["properties"][key]["enum"] = list(allowed)
     schema["properties"]["methods"]["properties"] = {name: method_class(name).settings_schema() for name in METHODS}
     datasets = schema["properties"]["datasets"]["properties"]
     for name, entry in registry.DATASETS.items():

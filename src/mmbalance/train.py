@@ -31,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 
 from mmbalance import checkpoint
 from mmbalance.balancers import build_balancer
 from mmbalance.balancers.base import EpochContext, true_class_confidence
+from mmbalance.data.recipes import TRAINING_KEYS
 from mmbalance.data.store.features import FeatureStore
 from mmbalance.devices import training_device
 from mmbalance.io import write_atomic, write_text_atomic
@@ -235,10 +237,12 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
     log.info("device: %s", lease.describe())
 
     store = FeatureStore.load(features_dir).place(device, recipe["store_budget_mb"])
+    store.pixels = recipe["pixels"]
     fingerprint = settings_fingerprint(settings)
     tags = cell | {"seed": seed, "mlflow.source.git.commit": git_commit(), "data_hash": store.meta["data_hash"], "device": lease.describe(),
                    "settings_fingerprint": fingerprint}
-    tags |= {f"recipe.{k}": v for k, v in store.meta["recipe"].items()} | {"protocol": store.meta.get("protocol", ""), "recipe.augment": recipe["augment"]}
+    tags |= {f"recipe.{k}": v for k, v in store.meta["recipe"].items()} | {"protocol": store.meta.get("protocol", "")}
+    tags |= {f"recipe.{k}": recipe[k] for k in TRAINING_KEYS}  # the recipe keys read here, not by the store
     if tuning is not None:
         tags |= {"study": tuning["study"], "trial": tuning["trial"], "kind": "trial", "mlflow.parentRunId": tuning["parent_run"]}
     splits = ("train", "val") if tuning is not None else ("train", "val", "test")
@@ -306,6 +310,7 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
         lease.release()
         raise
 
+    log.info("ready to train %.2f s after the job started", time.time() - psutil.Process().create_time())
     try:
         for epoch in range(start_epoch, recipe["epochs"]):
             began = time.perf_counter()

@@ -30,6 +30,7 @@ METHODS: dict[str, str] = {
     "modality_drop": "modality_drop:ModalityDrop",
     "gradient_blending": "gradient_blending:GradientBlending",
     "gradnorm": "gradnorm:GradNorm",
+    "cur": "cur:CUR",
 }
 
 

@@ -17,7 +17,7 @@ a square of `store_size` pixels (`mmbalance.data.recipes`), so here:
   onto the stored square;
 * `crop_resize` cuts every box out of the batch and resizes it to `frame_size` with batched
   operations on the training device (`grid_sample`, bilinear, with an area average over
-  sub-samples when a box is larger than the output, close to an antialiased resize);
+  sub-samples when a box is at least twice the output, close to an antialiased resize);
 * the flips are drawn from the same generator.
 
 Departures from torchvision, all in how random numbers are drawn, not in the distribution:
@@ -36,7 +36,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-MODES = ("reference", "none")
+# torchvision's ImageNet statistics, which every reference loader normalises frames with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop's defaults, used by every reference loader
 RATIO = (3 / 4, 4 / 3)
 ATTEMPTS = 10  # torchvision tries ten boxes before falling back to a centre crop
@@ -89,15 +91,17 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flips: tor
 
     `images`: (n, C, S, S) float; `boxes`: (n, 4) (left, top, width, height) in image pixels;
     `flips`: (n,) bool, mirror those outputs left-right. Sampling is bilinear at pixel
-    centres (align_corners=False), so a box no larger than `size` is a crop followed by
-    torch's bilinear resize. A box k times larger (k = ceil(longer side / size)) is sampled
-    k x k times per output pixel and averaged: the area filter an antialiased resize applies
-    when it shrinks. One grid_sample per distinct k (one or two per batch at the usual
-    store_size), so a frame's output never depends on the other frames of its batch."""
+    centres (align_corners=False), so a box less than twice `size` is a crop followed by
+    torch's bilinear resize. A box k >= 2 times larger (k = floor(longer side / size)) is
+    sampled k x k times per output pixel and averaged, the area filter an antialiased resize
+    applies when it shrinks that much. (Shrinking by less than 2x, torchvision's antialiased
+    bilinear widens its triangle filter by that factor; plain bilinear is kept there, and a
+    store_size below twice frame_size never needs more than one grid_sample per batch.)
+    One grid_sample per distinct k, so a frame's output never depends on its batch."""
     n, channels, height, width = images.shape
     boxes = boxes.to(device=images.device, dtype=torch.float32)
     flips = torch.zeros(n, dtype=torch.bool) if flips is None else flips
-    factors = torch.ceil(boxes[:, 2:].amax(dim=1).cpu() / size).clamp_min(1).long()
+    factors = torch.floor(boxes[:, 2:].amax(dim=1).cpu() / size).clamp_min(1).long()
     out = images.new_empty(n, channels, size, size)
     for k in factors.unique().tolist():
         members = (factors == k).nonzero()[:, 0].to(images.device)
@@ -135,10 +139,27 @@ def augment_frames(frames: torch.Tensor, generator: torch.Generator, widths: tor
 
 
 def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """Validation and test: the whole stored frame resized to size x size (the references'
-    Resize((224, 224))); untouched when it is stored at that size already."""
+    """Validation and test: the whole stored frame resized to size x size, antialiased bilinear
+    as torchvision's Resize((224, 224)) on a tensor; untouched when stored at that size."""
     b, t, c, s, _ = frames.shape
     if s == size:
         return frames
-    boxes = torch.tensor([[0.0, 0.0, s, s]]).expand(b * t, 4)
-    return crop_resize(frames.reshape(b * t, c, s, s), boxes, size).reshape(b, t, c, size, size)
+    resized = F.interpolate(frames.reshape(b * t, c, s, s), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.reshape(b, t, c, size, size)
+
+
+def normalise_pixels(frames: torch.Tensor, pixels: str = "rgb") -> torch.Tensor:
+    """Frames (..., 3, H, W) float in 0-255, RGB as stored -> the model's input, as the
+    reference loaders scale them: "rgb" is torchvision's ToTensor (RGB / 255) then the
+    ImageNet mean and std (every GeWu-Lab loader, MLB's CREMA-D and AVE); "bgr_255" is MLB's
+    UCF101 loader (datasets/UCF101/UCF101_Dataset.py, get_frames), which normalises OpenCV's
+    BGR frames with the same mean and std but neither reorders channels nor divides by 255.
+    One fused multiply-add per pixel."""
+    if pixels not in ("rgb", "bgr_255"):
+        raise ValueError(f"pixels {pixels!r} is not one of rgb, bgr_255")
+    std = torch.tensor(IMAGENET_STD, device=frames.device, dtype=frames.dtype)[:, None, None]
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device, dtype=frames.dtype)[:, None, None]
+    if pixels == "bgr_255":
+        frames = frames.flip(-3)
+    scale = 1 / std if pixels == "bgr_255" else 1 / (255 * std)
+    return torch.addcmul(-mean / std, frames, scale)

@@ -81,11 +81,34 @@ def wav_data_shortfall(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | None = None) -> np.ndarray:
-    """Mono float32 waveform in [-1, 1], resampled to `sample_rate`, from
-    `start` to `end` seconds (AVE's event segment; end None = to the end).
-    Works on audio files and on the audio track of video containers."""
+# Audio as moviepy 1.x reads it (FFMPEG_AudioReader: `ffmpeg ... -f s16le -ar 44100 -ac 2`):
+# 16-bit stereo at 44.1 kHz, a mono source upmixed by ffmpeg into both channels at 1/sqrt(2).
+MOVIEPY_RATE = 44100
+
+
+def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | None = None, *,
+                 downmix: str = "mean", reader: str = "direct", resample: str = "sinc") -> np.ndarray:
+    """Mono float32 waveform in [-1, 1] at `sample_rate`, from `start` to `end`
+    seconds (AVE's event segment; end None = to the end). Works on audio files
+    and on the audio track of video containers.
+
+    `reader` "direct" decodes the source's own channels and resamples each with
+    libswresample (band-limited), as `ffmpeg -ar` does before librosa, scipy or
+    torchaudio read a WAV; "moviepy" decodes as moviepy 1.x's audio reader does
+    (16-bit stereo at 44.1 kHz; a mono source comes out at 1/sqrt(2) in each
+    channel, ffmpeg's upmix), then `resample` "sinc" resamples it band-limited
+    (MLB's AVE: moviepy writes that WAV, librosa resamples it) or "nearest" picks
+    the 44.1 kHz sample nearest to each output time, with no low-pass filter
+    (moviepy's `to_soundarray(fps=...)`, MLB's UCF101). `downmix` "mean"
+    averages the channels (librosa `mono=True`); "left" keeps the first one
+    (torchaudio's kaldi fbank on a stereo WAV, MLB's `[:, 0]`). Averaging
+    after decoding, not PyAV's mono layout, whose downmix is 0.7071 (L + R)."""
     check_is_media(path)
+    if reader not in ("direct", "moviepy") or resample not in ("sinc", "nearest") or downmix not in ("mean", "left"):
+        raise ValueError(f"decode_audio: reader {reader!r}, resample {resample!r}, downmix {downmix!r}: "
+                         "expected direct|moviepy, sinc|nearest, mean|left")
+    if resample == "nearest" and reader != "moviepy":
+        raise ValueError("decode_audio: resample 'nearest' is moviepy's to_soundarray and needs reader 'moviepy'")
     if shortfall := wav_data_shortfall(path):
         raise MediaError(f"{path}: the WAV header declares {shortfall[0]} bytes of audio, the file holds {shortfall[1]} (truncated)", "truncated")
     try:
@@ -93,48 +116,131 @@ def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | 
             if not container.streams.audio:
                 raise MediaError(f"{path}: no audio stream", "no_audio")
             declared = declared_seconds(container, container.streams.audio[0])
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            if reader == "moviepy":
+                stages = [av.AudioResampler(format="s16p", layout="stereo", rate=MOVIEPY_RATE)]
+                if resample == "sinc" and sample_rate != MOVIEPY_RATE:
+                    stages.append(av.AudioResampler(format="fltp", layout="stereo", rate=sample_rate))
+            else:
+                stages = [av.AudioResampler(format="fltp", rate=sample_rate)]  # the source's own channels
             chunks = []
             for frame in container.decode(audio=0):
-                chunks += [f.to_ndarray() for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray() for f in resampler.resample(None)]
+                chunks += _resample_through(stages, frame)
+            chunks += _resample_through(stages, None)
     except av.error.FFmpegError as error:
         raise MediaError(f"{path}: cannot decode audio ({error})") from error
     if not chunks:
         raise MediaError(f"{path}: audio stream has no samples", "no_audio")
-    waveform = np.concatenate(chunks, axis=1)[0]
-    decoded = len(waveform) / sample_rate
+    channels = np.concatenate(chunks, axis=1)
+    if channels.dtype == np.int16:
+        channels = channels.astype(np.float32) / 32768.0
+    rate = sample_rate
+    if reader == "moviepy" and resample == "nearest":
+        rate = MOVIEPY_RATE
+        if sample_rate != MOVIEPY_RATE:
+            # moviepy: frames = np.round(44100 * tt) with tt = (1.0 / fps) * k (iter_chunks; np.arange(0, d, 1/fps)
+            # gives the same floats), no anti-aliasing; computed the same way, so ties round alike.
+            tt = (1.0 / sample_rate) * np.arange(int(channels.shape[1] * sample_rate / MOVIEPY_RATE))
+            wanted = np.round(MOVIEPY_RATE * tt).astype(np.int64)
+            channels, rate = channels[:, wanted[wanted < channels.shape[1]]], sample_rate
+    waveform = (channels.mean(axis=0) if downmix == "mean" else channels[0]).astype(np.float32)
+    decoded = len(waveform) / rate
     if declared is not None and decoded < declared - DURATION_TOLERANCE:
         # A WAV whose data is shorter than its header says: kept, it would be silently shorter.
         raise MediaError(f"{path}: audio ends at {decoded:.2f} s but the file declares {declared:.2f} s (truncated)", "truncated")
-    segment = waveform[int(round(start * sample_rate)) : None if end is None else int(round(end * sample_rate))]
+    segment = waveform[int(round(start * rate)) : None if end is None else int(round(end * rate))]
     if len(segment) < 2:
-        raise MediaError(f"{path}: no audio between {start:g} s and {end} s (the file has {len(waveform) / sample_rate:.2f} s)", "too_short")
+        raise MediaError(f"{path}: no audio between {start:g} s and {end} s (the file has {len(waveform) / rate:.2f} s)", "too_short")
     return segment
 
 
-def decode_frames(path: Path, num_frames: int, fps: float, size: int, start: float = 0.0, pad: bool = True) -> tuple[np.ndarray, int]:
-    """`num_frames` RGB frames at times start + k/fps (k = 0..), resized to size x size.
+def _resample_through(stages: list, frame) -> list[np.ndarray]:
+    """Pass one decoded frame (None: flush) through a chain of resamplers; planar arrays (channels, samples)."""
+    frames = [frame]
+    for stage in stages:
+        frames = [out for f in frames for out in stage.resample(f)] + ([out for out in stage.resample(None)] if frame is None else [])
+    return [f.to_ndarray() for f in frames]
 
-    The frame shown at each time is taken by timestamp, not by counting frames,
-    so 29.97 fps video does not drift. A clip too short for every time repeats
-    its last frame (the reference codes pad with unseeded random frames), or,
-    with `pad=False`, is refused as too short (MLB's UCF101 rule);
-    returns (frames uint8 (T, size, size, 3), number of padded frames).
+
+FRAME_SELECTIONS = ("count", "mid_second", "time")
+
+
+def opencv_rate(stream) -> float:
+    """The frame rate OpenCV's FFmpeg backend reports (CAP_PROP_FPS: the stream's
+    average frame rate, else its guessed rate)."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return float(rate)
+    raise MediaError(f"{stream.container.name}: the video stream declares no frame rate")
+
+
+def moviepy_rate(stream) -> float:
+    """The frame rate moviepy 1.x reads from ffmpeg's `tbr` (the stream's real
+    base rate), snapped to the NTSC rate x * 1000/1001 when within 0.01 of it."""
+    rate = float(stream.base_rate or stream.guessed_rate or stream.average_rate or 0)
+    if not rate:
+        raise MediaError(f"{stream.container.name}: the video stream declares no frame rate")
+    for x in (23, 24, 25, 30, 50):
+        if rate != x and abs(rate - x * 1000 / 1001) < 0.01:
+            return x * 1000 / 1001
+    return rate
+
+
+def frame_indices(select: str, num_frames: int, fps: float, start: float, rate: float) -> list[int]:
+    """Which decoded frames (0-based, in decoding order) a frame rule keeps.
+
+    "count" (OpenCV, every reference's frame extractor: OGM-GE and MLB
+    `video_preprocessing.py`, MLB `Preprocessing.py`): frame n is kept when
+    n % int(rate) == 0, so second s is frame s * int(rate) (int(29.97) = 29,
+    drifting as the reference does), second start + k / fps for the k-th frame.
+    "mid_second" (GeWu-Lab's `obtain_frames.py` through moviepy's reader): the
+    1-based frame round((t + 0.5) * rate) for t = start + k / fps, the middle
+    of second t.
+    """
+    seconds = [start + k / fps for k in range(num_frames)]
+    if select == "count":
+        return [int(round(t * int(rate))) for t in seconds]
+    if select == "mid_second":
+        return [max(0, round((t + 0.5) * rate) - 1) for t in seconds]
+    raise ValueError(f"frame_indices: select {select!r} is not one of count, mid_second")
+
+
+def decode_frames(path: Path, num_frames: int, fps: float, size: int, start: float = 0.0, pad: bool = True,
+                  select: str = "count") -> tuple[np.ndarray, int]:
+    """`num_frames` RGB frames resized to size x size, for the seconds start + k/fps (k = 0..).
+
+    `select` "count" and "mid_second" count decoded frames as the reference
+    extractors do (see `frame_indices`), so a stream that starts late (a
+    CREMA-D FLV whose video begins at 0.05 s) still yields the reference's
+    frames 0, 30, 60; "time" takes the frame shown at each time measured from
+    t = 0 (no drift at 29.97 fps, but one frame early on such a stream). A clip
+    too short for every frame repeats its last frame (the reference codes pad
+    with unseeded random frames), or, with `pad=False`, is refused as too short
+    (MLB's UCF101 rule); returns (frames uint8 (T, size, size, 3), number of padded frames).
     """
     check_is_media(path)
-    targets = [start + k / fps for k in range(num_frames)]
+    if select not in FRAME_SELECTIONS:
+        raise ValueError(f"decode_frames: select {select!r} is not one of {', '.join(FRAME_SELECTIONS)}")
     chosen: list[np.ndarray] = []
     last_time = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise MediaError(f"{path}: no video stream")
-            declared = declared_seconds(container, container.streams.video[0])
-            for frame in container.decode(video=0):
+            stream = container.streams.video[0]
+            declared = declared_seconds(container, stream)
+            if select == "time":
+                targets = [start + k / fps for k in range(num_frames)]
+            else:
+                rate = opencv_rate(stream) if select == "count" else moviepy_rate(stream)
+                wanted = frame_indices(select, num_frames, fps, start, rate)
+                targets = [n / rate for n in wanted]  # seconds from the stream's first frame
+            for index, frame in enumerate(container.decode(stream)):
                 last_time = frame.time if frame.time is not None else last_time
-                # A frame is kept for every target time it covers.
-                while len(chosen) < num_frames and frame.time is not None and frame.time + 1e-6 >= targets[len(chosen)]:
+                # A frame is kept for every target it covers.
+                while len(chosen) < num_frames and (
+                    wanted[len(chosen)] <= index if select != "time"
+                    else frame.time is not None and frame.time + 1e-6 >= targets[len(chosen)]
+                ):
                     chosen.append(frame.reformat(width=size, height=size, format="rgb24").to_ndarray())
                 if len(chosen) == num_frames:
                     break
@@ -144,7 +250,7 @@ def decode_frames(path: Path, num_frames: int, fps: float, size: int, start: flo
         raise MediaError(f"{path}: no decodable video frames" + (f" after {start:g} s" if start else ""))
     padded = num_frames - len(chosen)
     if padded and declared is not None and targets[len(chosen)] < declared - DURATION_TOLERANCE:
-        # A frame time the container says exists was never decoded: a cut file, not a short clip (never padded silently).
+        # A frame the container says exists was never decoded: a cut file, not a short clip (never padded silently).
         ended = f"{last_time:.2f} s" if last_time is not None else "its start"
         raise MediaError(f"{path}: video ends at {ended} but the file declares {declared:.2f} s (truncated)", "truncated")
     if padded and not pad:
@@ -220,7 +326,11 @@ def _probe_one(path: Path) -> str:
 def fit_length(waveform: np.ndarray, num_samples: int, crop: str = "start") -> np.ndarray:
     """Repeat the clip until it is long enough, then cut (recipe A tiles to 3 s).
     `crop` "centre" cuts the middle (VGGSound's 5 s window, drawn at random in
-    the reference code also at test time, made deterministic here)."""
+    the reference code also at test time, made deterministic here); "none"
+    keeps the clip as decoded (GeWu-Lab's fbank runs on the raw clip and pads
+    or cuts its frames instead)."""
+    if crop == "none":
+        return waveform
     repeats = math.ceil(num_samples / len(waveform))
     tiled = np.tile(waveform, repeats)
     offset = (len(tiled) - num_samples) // 2 if crop == "centre" else 0
@@ -292,3 +402,47 @@ def audio_transform(recipe: dict):
     if kind == "fbank":
         return KaldiFbank(recipe["sample_rate"], recipe["mel_bins"], recipe["fbank_frames"])
     raise ValueError(f"preprocessing recipe: audio_features {kind!r} is not one of stft, psd, fbank")
+
+
+# --- from a clip's media to the stored arrays, and from stored frames to model input
+
+
+class ClipDecoder:
+    """A resolved recipe (mmbalance.data.recipes.resolve) applied to one clip:
+    `decoder(audio_path, video_path, start, end)` -> (spectrogram, frames uint8
+    (T, size, size, 3) RGB, padded frames), with every decoding key of the
+    recipe (downmix, audio_reader, resample, crop, frame_select, ...) passed
+    on. `start`/`end` are the catalog's segment, used when the recipe's
+    `segment` is on. This is the one place the feature store should call."""
+
+    def __init__(self, recipe: dict):
+        self.recipe = recipe
+        self.to_features = audio_transform(recipe)
+        self.num_samples = int(round(recipe["seconds"] * recipe["sample_rate"]))
+        self.spectrogram_shape = self.to_features(np.zeros(self.num_samples, dtype=np.float32)).shape
+        self.size = recipe.get("store_size") or recipe["frame_size"]  # frames are stored at store_size when the recipe has one
+        self.frames_shape = (recipe["frames"], self.size, self.size, 3)
+
+    def audio(self, path: Path, start: float = 0.0, end: float | None = None) -> np.ndarray:
+        r = self.recipe
+        start, end = (start, end) if r["segment"] else (0.0, None)
+        waveform = decode_audio(path, r["sample_rate"], start, end, downmix=r["downmix"], reader=r["audio_reader"], resample=r["resample"])
+        return self.to_features(fit_length(waveform, self.num_samples, r["crop"]))
+
+    def frames(self, path: Path, start: float = 0.0) -> tuple[np.ndarray, int]:
+        r = self.recipe
+        return decode_frames(path, r["frames"], r["fps"], self.size, start if r["segment"] else 0.0,
+                             pad=r["short_clips"] == "pad", select=r["frame_select"])
+
+    def __call__(self, audio_path: Path, video_path: Path, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        spectrogram = self.audio(audio_path, start, end)
+        frames, padded = self.frames(video_path, start)
+        return spectrogram, frames, padded
+
+
+def frames_to_input(frames: torch.Tensor, pixels: str = "rgb") -> torch.Tensor:
+    """Stored frames uint8 (..., H, W, 3) RGB -> float (..., 3, H, W) as the reference
+    loaders feed them (mmbalance.data.augment.normalise_pixels, which the store calls)."""
+    from mmbalance.data.augment import normalise_pixels
+
+    return normalise_pixels(frames.movedim(-1, -3).float(), pixels).contiguous()

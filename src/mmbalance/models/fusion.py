@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from mmbalance.models.mmtm import MMTMFusion
+
 
 class LateLinear(nn.Module):
     """Late-Linear (concat) fusion: f = W [z_1; ...; z_M] + b.
@@ -490,16 +492,19 @@ class IRFB(_TokenStreams):
 
 
 # The fusion registry: config name -> class. A fusion offers "decomposition"
-# when its class is `decomposable` (mmbalance.compatibility reads it).
+# when its class is `decomposable`, plus what its class lists in `OFFERS`
+# (mmbalance.compatibility reads it).
 FUSIONS = {"late_linear": LateLinear, "sum": Sum, "mid_mlp": MidMLP, "film": FiLM, "gated": Gated, "attention": Attention,
            "transformer": TransformerFusion,
            "mbt": MBT,
-           "irfb": IRFB}
+           "irfb": IRFB,
+           "mmtm": MMTMFusion}
 
 
 def offers(name: str) -> set[str]:
     """What fusion `name` offers the balancers."""
-    return {"decomposition"} if FUSIONS[name].decomposable else set()
+    cls = FUSIONS[name]
+    return ({"decomposition"} if cls.decomposable else set()) | set(getattr(cls, "OFFERS", ()))
 
 
 def build_fusion(name: str, feature_dims: dict[str, int], num_classes: int) -> nn.Module:

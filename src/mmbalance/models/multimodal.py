@@ -12,15 +12,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmbalance.models.conformer import AudioConformer, VideoConformer
 from mmbalance.models.fusion import build_fusion
 from mmbalance.models.output import ModelOutput
 from mmbalance.models.resnet import AudioResNet18, VideoResNet18
 
-# backbone -> modality -> encoder class, built from the backbone's settings.
+def _conformer(modality: str):
+    def build(settings: dict) -> nn.Module:
+        # Imported when used: torchaudio and torchvision take seconds to import, and a
+        # ResNet job needs neither.
+        from mmbalance.models.conformer import AudioConformer, VideoConformer
+
+        return {"audio": AudioConformer, "video": VideoConformer}[modality](settings)
+
+    return build
+
+
+# backbone -> modality -> encoder builder, called with the backbone's settings.
 ENCODERS = {
     "resnet18": {"audio": lambda s: AudioResNet18(width=s["width"]), "video": lambda s: VideoResNet18(width=s["width"])},
-    "conformer": {"audio": AudioConformer, "video": VideoConformer},
+    "conformer": {"audio": _conformer("audio"), "video": _conformer("video")},
 }
 
 
@@ -33,6 +43,8 @@ class MultimodalModel(nn.Module):
         # One modality (a unimodal baseline): there is nothing to fuse, so every
         # fusion reduces to the linear classifier of the reference baselines.
         self.fusion = build_fusion(fusion if len(dims) > 1 else "late_linear", dims, num_classes)
+        if getattr(self.fusion, "couples_encoders", False):  # MMTM: modules between the encoders' stages
+            self.fusion.couple(self.encoders)
         # One modality: the fused output *is* that modality's output, no head needed.
         self.heads = nn.ModuleDict(
             {m: nn.Linear(d, num_classes) for m, d in dims.items()} if len(dims) > 1 else {}
@@ -43,7 +55,12 @@ class MultimodalModel(nn.Module):
         self.heads_are_probes = heads_are_probes
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> ModelOutput:
-        if getattr(self.fusion, "needs_tokens", False):
+        if getattr(self.fusion, "couples_encoders", False):
+            # The encoders run stage by stage through the fusion's coupling; the fused
+            # logits come from a second, ordinary call, as for every other fusion.
+            features = self.fusion.encode(self.encoders, inputs)
+            fused = self.fusion(features)
+        elif getattr(self.fusion, "needs_tokens", False):
             # Token-level fusion: pool the same tokens for the heads (= the encoder's mean pooling).
             tokens = {m: self.encoders[m].tokens(inputs[m]) for m in self.modalities}
             features = {m: t.mean(dim=1) for m, t in tokens.items()}

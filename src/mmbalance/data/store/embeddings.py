@@ -29,7 +29,8 @@ import torch
 
 from mmbalance.data import media
 from mmbalance.data.catalog import Catalog, Clip
-from mmbalance.data.store.features import IMAGENET_MEAN, IMAGENET_STD, write_store
+from mmbalance.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from mmbalance.data.store.features import write_store
 from mmbalance.models.pretrained import EFFICIENTNET_B2_FEATURES, build_efficientnet_b2, build_wav2vec2
 
 WAV2VEC2_SAMPLE_RATE = 16000

@@ -29,21 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmbalance.data import media
-from mmbalance.data.augment import augment_frames, resize_frames
+from mmbalance.data.augment import augment_frames, normalise_pixels, resize_frames
 from mmbalance.data.catalog import Catalog, Clip, check_skips, skip_report
 from mmbalance.io import disk_full_named, file_sha256, read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _pixel_normalisation(device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) with x * scale + shift = (x / 255 - mean) / std, per channel."""
-    std, mean = torch.tensor(IMAGENET_STD, device=device), torch.tensor(IMAGENET_MEAN, device=device)
-    return (1 / (255 * std))[:, None, None], (-mean / std)[:, None, None]
 
 # Array file of each modality, per kind of store.
 SKIP_REPORT = "kept_skipped.csv"
@@ -62,23 +52,18 @@ def preprocess(catalog_dir: Path, out_dir: Path, recipe: dict, skip_log: Path | 
     store and, when given, to `skip_log` (a log file that survives a failed
     job); a split that skipped more than `max_skipped_fraction` or lost a
     class stops the run after both are written."""
+    from mmbalance.data import media  # PyAV and torchaudio: only the jobs that decode need them
+
     catalog = Catalog.read(catalog_dir)
-    # Frames are kept at store_size (training crops from them; frame_size is what the model sees).
-    size, num_frames = recipe.get("store_size") or recipe["frame_size"], recipe["frames"]
-    num_samples = int(round(recipe["seconds"] * recipe["sample_rate"]))
-    to_features = media.audio_transform(recipe)
-    spec_shape = to_features(np.zeros(num_samples, dtype=np.float32)).shape
+    decoder = media.ClipDecoder(recipe)  # frames kept at store_size: training crops from them
 
     def decode(clip: Clip) -> tuple[dict[str, np.ndarray], dict]:
-        start, end = (clip.start, clip.end) if recipe["segment"] else (0.0, None)
-        waveform = media.decode_audio(clip.audio, recipe["sample_rate"], start, end)
-        spectrogram = to_features(media.fit_length(waveform, num_samples, recipe["crop"]))
-        frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size, start, pad=recipe["short_clips"] == "pad")
+        spectrogram, frames, padded = decoder(clip.audio, clip.video, clip.start, clip.end)
         width, height = media.video_size(clip.video)
         return {"spectrograms.npy": spectrogram, "frames.npy": frames}, {"padded_frames": padded, "source_width": width, "source_height": height}
 
-    arrays = {"frames.npy": (np.uint8, (num_frames, size, size, 3)), "spectrograms.npy": (np.float16, spec_shape)}
-    meta = {"kind": "decoded", "recipe": recipe, "frames_shape": [num_frames, size, size, 3], "spectrogram_shape": list(spec_shape)}
+    arrays = {"frames.npy": (np.uint8, decoder.frames_shape), "spectrograms.npy": (np.float16, decoder.spectrogram_shape)}
+    meta = {"kind": "decoded", "recipe": recipe, "frames_shape": list(decoder.frames_shape), "spectrogram_shape": list(decoder.spectrogram_shape)}
     index = write_store(catalog, out_dir, arrays, decode, meta)
     report_skips(catalog, index, Path(out_dir), skip_log, max_skipped_fraction)
     return index
@@ -103,6 +88,7 @@ def write_store(catalog: Catalog, out_dir: Path, arrays: dict[str, tuple], encod
     complete, then index.csv and meta.json (`meta` plus what every store has).
     A clip whose media cannot be decoded keeps a zero row and is marked skipped,
     with the kind of failure (missing, stub, corrupt, truncated, no_audio, too_short)."""
+    from mmbalance.data.media import MediaError
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     clips = catalog.clips
@@ -127,7 +113,7 @@ def write_store(catalog: Catalog, out_dir: Path, arrays: dict[str, tuple], encod
             entry |= columns
             for name, value in values.items():
                 maps[name][row] = value
-        except media.MediaError as error:
+        except MediaError as error:
             entry.update(skipped=True, skip_kind=error.kind, reason=str(error))
             log.warning("skipping %s: %s", clip.name, error)
         rows.append(entry)
@@ -184,6 +170,7 @@ class FeatureStore:
     device: torch.device = torch.device("cpu")
     # Decoded stores: (N, 2) width and height of each clip's original frames, for the crop boxes.
     source_size: torch.Tensor | None = None
+    pixels: str = "rgb"  # the recipe's `pixels`: how frames are scaled for the model (normalise_pixels)
 
     @property
     def kind(self) -> str:
@@ -292,10 +279,9 @@ class FeatureStore:
                 frames = augment_frames(frames, augment, *self.source_sizes(rows), size)
             else:
                 frames = resize_frames(frames, size)
-            scale, shift = _pixel_normalisation(frames.device)
-            # (x / 255 - mean) / std in one pass. Contiguous NCHW: oneDNN's channels-last path
-            # hangs or crashes on narrow convs on CPU (train.channels_last converts on CUDA).
-            batch["video"] = torch.addcmul(shift, frames, scale)
+            # Contiguous NCHW: oneDNN's channels-last path hangs or crashes on narrow convs on
+            # CPU (train.channels_last converts the model on CUDA).
+            batch["video"] = normalise_pixels(frames, self.pixels)
         return batch
 
     def source_sizes(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

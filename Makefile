@@ -42,3 +42,21 @@ restore: install
 
 clean:
 	rm -rf results logs benchmarks resources/raw .snakemake site
+
+# SLURM (docs/guides/slurm.md). slurm-check: this config and profiles/slurm against the
+# cluster (accounting, MinJobAge, whether a training job fits a node); CONFIG=<file> adds a config.
+.PHONY: slurm-check slurm-cluster slurm-cluster-stop test-slurm
+slurm-check: install
+	python -m mmbalance slurm-check --configfile config/config.yaml $(CONFIG)
+
+# A one-node test cluster on this machine (Debian 12, root): fake GPUs, no accounting.
+slurm-cluster:
+	ci/slurm-one-node.sh start
+
+slurm-cluster-stop:
+	ci/slurm-one-node.sh stop
+
+# The SLURM tests alone (they start and stop a cluster when none answers and this is root).
+test-slurm: install
+	pip install -q -e '.[slurm]'
+	pytest tests/test_slurm.py

@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from mmbalance.tracking import SERVER_STORE as DEFAULT_SERVER_STORE
+
 
 def _json(text: str):
     try:
@@ -72,10 +74,47 @@ def cmd_extract(args) -> None:
 
 
 def cmd_init_tracking(args) -> None:
-    from mmbalance.tracking import init_store
+    from mmbalance.tracking import SERVER_SCHEME, init_store, start_server
 
+    if args.uri.startswith(SERVER_SCHEME):  # tracking.server.enabled: start or reuse the server first
+        start_server(Path(args.uri.removeprefix(SERVER_SCHEME)), args.server_store, args.artifacts, args.server_host,
+                     args.server_port, args.server_log)
     experiment_id = init_store(args.uri, args.experiment, args.artifacts, args.sentinel)
     logging.info("tracking store %s ready, experiment %r has id %s", args.uri, args.experiment, experiment_id)
+
+
+def cmd_tracking_server(args) -> None:
+    """Start, stop or show the workflow's MLflow server (config tracking.server) by hand."""
+    from mmbalance.config import SERVER_TRACKING_URI, Experiment
+    from mmbalance.tracking import SERVER_SCHEME, server_answers, start_server, stop_server
+
+    record = Path(SERVER_TRACKING_URI.removeprefix(SERVER_SCHEME))
+    if args.action == "stop":
+        print("stopped" if stop_server(record) else f"no running server recorded in {record}")
+        return
+    if args.action == "status":
+        info = json.loads(record.read_text()) if record.exists() else None
+        state = "answers" if info and server_answers(info["uri"]) else "not running"
+        print(f"{info['uri'] if info else '(no record ' + str(record) + ')'}: {state}")
+        return
+    server = Experiment.from_files(*args.configfile).config["tracking"]["server"]
+    info = start_server(record, DEFAULT_SERVER_STORE, Path("results/mlflow/artifacts"), server["host"], server["port"],
+                        Path("logs/mlflow-server.log"))
+    print(info["uri"])
+
+
+def cmd_slurm_check(args) -> None:
+    """What the SLURM profile and this config will ask of the cluster, checked before submitting."""
+    from mmbalance.config import ConfigError, Experiment
+    from mmbalance.slurm import check
+
+    try:
+        experiment = Experiment.from_files(*args.configfile)
+    except ConfigError as error:
+        raise SystemExit(f"mmbalance slurm-check: {error}") from None
+    problems = check(experiment.config, args.profile, args.partition, print)
+    if problems:
+        raise SystemExit(f"mmbalance slurm-check: {problems} problem(s), see above")
 
 
 def cmd_train(args) -> None:
@@ -239,7 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", required=True)
     p.add_argument("--artifacts", type=Path, required=True)
     p.add_argument("--sentinel", type=Path, required=True)
+    p.add_argument("--server-host", default="", help="tracking.server.host (mlflow-server: URIs only)")
+    p.add_argument("--server-port", type=int, default=5000, help="tracking.server.port")
+    p.add_argument("--server-store", default=DEFAULT_SERVER_STORE, help="the store the server writes")
+    p.add_argument("--server-log", type=Path, default=Path("logs/mlflow-server.log"))
     p.set_defaults(func=cmd_init_tracking)
+
+    p = commands.add_parser("tracking-server", help="start, stop or show the workflow's MLflow server (tracking.server)")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--configfile", type=Path, nargs="+", default=[Path("config/config.yaml")])
+    p.set_defaults(func=cmd_tracking_server)
+
+    p = commands.add_parser("slurm-check", help="check a config and profiles/slurm against the cluster before submitting")
+    p.add_argument("--configfile", type=Path, nargs="+", default=[Path("config/config.yaml")],
+                   help="configs merged in order, as snakemake's (the default config first)")
+    p.add_argument("--profile", type=Path, default=Path("profiles/slurm/profile.yaml"))
+    p.add_argument("--partition", default=None, help="default: the profile's slurm_partition, else the cluster's default")
+    p.set_defaults(func=cmd_slurm_check)
 
     p = commands.add_parser("train", help="train one grid cell (resumes from its checkpoint)")
     p.add_argument("--features", type=Path, required=True)

@@ -54,6 +54,8 @@ RESOURCE_KEYS = ("device", "threads", "mem_mb", "runtime")
 # The training job is given the recipe without the scheduling-only keys.
 NOT_PASSED_TO_TRAINING = ("threads", "mem_mb", "runtime")
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow/mlflow.db"
+# Tracking through the workflow's MLflow server: the address is read from this record at run time.
+SERVER_TRACKING_URI = "mlflow-server:results/mlflow/server.json"
 
 
 class ConfigError(ValueError):
@@ -452,4 +454,11 @@ class Experiment:
         """The configured URI, or a SQLite store inside results/. The path is relative to the
         working directory every job runs in, so moving the project retrains nothing."""
         tracking = self.config["tracking"]
+        if tracking["server"]["enabled"]:
+            # --- tracking server (mmbalance.tracking): jobs find its address in a file the
+            # local rule init_tracking writes, so the settings (and reruns) do not depend on the host.
+            if tracking["uri"]:
+                raise ConfigError("config tracking.server.enabled: true needs tracking.uri empty (the server fronts "
+                                  "results/mlflow/mlflow.db); set one or the other")
+            return {"uri": SERVER_TRACKING_URI, "experiment": tracking["experiment"]}
         return {"uri": tracking["uri"] or DEFAULT_TRACKING_URI, "experiment": tracking["experiment"]}

@@ -1,5 +1,13 @@
 """MLflow tracking: one SQLite store under results/, created once before any job.
 
+On one machine jobs write the store directly. On a cluster (config
+tracking.server.enabled) the local rule init_tracking starts an MLflow server on
+the submit host in front of that store, and jobs log through it: SQLite on a
+shared network filesystem is not safe for writers on several nodes, while one
+server process is the store's only writer. Jobs find the server's address in
+results/mlflow/server.json (the ``mlflow-server:`` URI, see `resolve_uri`), so a
+cell's settings do not change with the submit host.
+
 Concurrent first writes to a fresh SQLite store fail in MLflow's schema
 migrations, so `init_store` (the `init_tracking` rule) creates the schema and the
 experiment before any training job starts; after that, parallel jobs log safely.
@@ -14,7 +22,10 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
+import signal
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,10 +38,127 @@ CELL_TAGS = ("dataset", "backbone", "fusion", "method", "variant", "fold")
 STEP_KEY = "val_acc"
 
 
+SERVER_SCHEME = "mlflow-server:"
+# What a tracking server writes: the same file the jobs write directly on one machine.
+SERVER_STORE = "sqlite:///results/mlflow/mlflow.db"
+
+
+def resolve_uri(uri: str) -> str:
+    """The URI MLflow is given. ``mlflow-server:<record>`` (config tracking.server.enabled) is the
+    workflow's tracking server, whose address the local rule init_tracking wrote to <record>;
+    every other URI is returned as it is."""
+    if not uri.startswith(SERVER_SCHEME):
+        return uri
+    record = Path(uri.removeprefix(SERVER_SCHEME))
+    try:
+        return json.loads(record.read_text())["uri"]
+    except (OSError, ValueError, KeyError) as error:
+        raise RuntimeError(
+            f"tracking.server is enabled but the server record {record} cannot be read ({error}); the local rule "
+            f"init_tracking writes it when it starts the server on the submit host. Run snakemake from the project "
+            f"folder on the submit host (or `python -m mmbalance tracking-server start`), or set tracking.server.enabled: false"
+        ) from None
+
+
 def _client(uri: str):
     from mlflow.tracking import MlflowClient  # slow import: only where tracking is used
 
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=resolve_uri(uri))
+
+
+# --- the workflow's tracking server (config tracking.server) --------------------------------
+
+def server_answers(uri: str, timeout: float = 2.0) -> bool:
+    """Whether an MLflow server answers /health at `uri`."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_server(record: Path, store: str, artifacts: Path, host: str, port: int, log_path: Path, wait: float = 120.0) -> dict:
+    """Start an MLflow server in front of `store` on host:port, detached from the caller (it
+    outlives the Snakemake run, so a rerun or resumed job logs to the same server), and write
+    its address and pid to `record`. A server already answering at the recorded address is
+    reused. One process (`--workers 1`) writes the SQLite store, on the submit host only."""
+    import socket
+
+    host = host or socket.getfqdn()
+    uri = f"http://{host}:{port}"
+    if record.exists():
+        previous = json.loads(record.read_text())
+        if previous.get("uri") == uri and server_answers(uri):
+            log.info("MLflow server %s (pid %s) already answers: reusing it", uri, previous.get("pid"))
+            return previous
+    if server_answers(uri):
+        raise RuntimeError(f"another MLflow server (not started for this results folder: no {record} names it) already "
+                           f"answers at {uri}; choose a free port with tracking.server.port")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise RuntimeError(f"cannot listen on {host}:{port} ({error.strerror}): set tracking.server.port to a free "
+                               "port, or tracking.server.host to an address of this machine") from None
+    if store.startswith("sqlite:///"):  # create the schema here, once, before the server's workers open it
+        Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    artifacts = Path(artifacts).resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--default-artifact-root",
+               artifacts.as_uri(), "--host", host, "--port", str(port), "--workers", "1",
+               # MLflow's default accepts only localhost and private IPs as Host headers.
+               "--allowed-hosts", f"{host},{host}:{port},localhost,localhost:{port}"]
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + wait
+    while not server_answers(uri):
+        if process.poll() is not None:
+            raise RuntimeError(f"the MLflow server exited with code {process.returncode} before answering at {uri}; see {log_path}")
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise RuntimeError(f"the MLflow server did not answer at {uri} within {wait:g} s; see {log_path}")
+        time.sleep(0.5)
+    info = {"uri": uri, "pid": process.pid, "host": host, "port": port, "store": store, "log": str(log_path),
+            "cmdline": _cmdline(process.pid)}
+    write_text_atomic(record, json.dumps(info, indent=2))
+    log.info("MLflow server started at %s (pid %d), store %s", uri, process.pid, store)
+    return info
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def stop_server(record: Path, wait: float = 30.0) -> bool:
+    """Stop the server `record` names (only if that pid still runs the same command line);
+    True if one was stopped."""
+    if not record.exists():
+        return False
+    info = json.loads(record.read_text())
+    pid = info.get("pid")
+    if not pid or not info.get("cmdline") or _cmdline(pid) != info["cmdline"]:
+        log.info("the MLflow server of %s is not running", record)
+        record.unlink()
+        return False
+    os.killpg(pid, signal.SIGTERM)  # its own session: the uvicorn worker goes with it
+    deadline = time.monotonic() + wait
+    while _cmdline(pid) == info["cmdline"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _cmdline(pid) == info["cmdline"]:
+        os.killpg(pid, signal.SIGKILL)
+    try:  # reap it when this process started it (in the workflow its parent has long exited)
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    record.unlink()
+    log.info("stopped the MLflow server %s (pid %d)", info["uri"], pid)
+    return True
 
 
 def init_store(uri: str, experiment: str, artifact_root: Path, sentinel: Path) -> str:

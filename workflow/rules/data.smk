@@ -67,7 +67,7 @@ rule catalog:
         "logs/catalog/{dataset}.log",
     benchmark:
         "benchmarks/catalog/{dataset}.tsv"
-    threads: 4
+    threads: 1  # one process reads the split files: more cores would only sit idle (and can keep a SLURM job pending)
     resources:
         mem_mb=2000,
         runtime=120,

@@ -167,3 +167,17 @@ def test_a_killed_run_resumes_with_the_same_crops(tiny_store, train_settings, tm
         run(tiny_store, settings, tmp_path, "resumed")
     monkeypatch.setattr(train_module.Tracker, "log_epoch", real_log_epoch)
     pd.testing.assert_frame_equal(run(tiny_store, settings, tmp_path, "resumed"), reference, check_exact=True)
+
+
+def test_embedding_statistics_batch_by_batch_equal_the_whole_split(tiny_embeddings):
+    """standardise reads the split in batches (a streamed store never holds it at once); the
+    merged mean and std equal those of the whole split."""
+    store = FeatureStore.load(tiny_embeddings)
+    rows = store.split_rows(1, "train")
+    whole = {m: torch.from_numpy(np.asarray(a[rows.numpy()])).double().flatten(0, -2) for m, a in store.arrays.items()}
+    store.standardise(rows, batch=3)
+    for m, x in whole.items():
+        mean, std = store.scale[m]
+        assert torch.allclose(mean.double(), x.mean(0), rtol=1e-5, atol=1e-9)
+        varying = x.std(0) > 1e-6
+        assert torch.allclose(std.double()[varying], x.std(0)[varying], rtol=1e-4)

@@ -194,3 +194,19 @@ def test_cuda_usable_asks_torch():
     import torch
 
     assert devices.cuda_usable() is torch.cuda.is_available()
+
+
+def test_jobs_per_gpu_spreads_over_gpus_then_shares_them(monkeypatch, lock_env):
+    """train.jobs_per_gpu 2 on GPUs 3 and 5: the first two jobs take one GPU each, the next two
+    share them, a fifth finds no slot."""
+    leases = []
+    for _ in range(4):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+        leases.append(select_device("cuda", jobs_per_gpu=2))
+    assert [lease.physical_id for lease in leases] == ["3", "5", "3", "5"]
+    assert [lease.lock_path.name for lease in leases] == ["gpu-3.lock", "gpu-5.lock", "gpu-3-slot1.lock", "gpu-5-slot1.lock"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    with pytest.raises(TimeoutError, match="4 slot\\(s\\).*jobs_per_gpu 2"):
+        select_device("cuda", timeout=0.2, jobs_per_gpu=2)
+    for lease in leases:
+        lease.release()

@@ -168,9 +168,9 @@ def test_the_loop_never_trains_on_held_out_rows(tiny_store, train_settings, tmp_
         trained.append(rows.clone())
         return real_epoch(model, balancer, optimizer, store, rows, *args, **kwargs)
 
-    def spy_sample(store, rows, modalities, batch_size, seed, epoch, split, fraction=1.0):
+    def spy_sample(store, rows, modalities, batch_size, seed, epoch, split, fraction=1.0, **kwargs):
         sampled.setdefault(split, set()).update(rows[split].tolist())
-        return real_sample(store, rows, modalities, batch_size, seed, epoch, split, fraction)
+        return real_sample(store, rows, modalities, batch_size, seed, epoch, split, fraction, **kwargs)
 
     monkeypatch.setattr(train_module, "train_one_epoch", spy_epoch)
     monkeypatch.setattr(train_module, "sample_batches", spy_sample)

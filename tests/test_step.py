@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbalance.balancers import build_balancer
+from mmbalance.config import validate
 from mmbalance.models.multimodal import build_model
 from mmbalance.step import NonFiniteLoss, training_step
 
@@ -48,3 +49,24 @@ def test_a_nonfinite_loss_stops_before_any_change_or_is_kept_when_asked():
     assert all(torch.equal(a, p) and p.grad is None for a, p in zip(before, model.parameters()))
     result = training_step(model, balancer, optimizer, inputs, labels, epoch=0)
     assert math.isnan(result.loss)
+
+
+def test_bf16_runs_the_forward_pass_in_bf16_and_keeps_fp32_weights_and_scores():
+    """train.precision bf16: the forward pass and objective under bfloat16 autocast, the
+    weights, gradients and OGM-GE's confidence scores in fp32, close to the fp32 step."""
+    model, inputs, labels = tiny()
+    fp32_model, _, _ = tiny()
+    settings = validate({})["methods"]["ogm_ge"]  # the method's defaults
+    results = {}
+    for precision, m in (("bf16", model), ("fp32", fp32_model)):
+        balancer = build_balancer("ogm_ge", settings)
+        balancer.setup(m)
+        torch.manual_seed(1)  # the same gradient noise
+        results[precision] = training_step(m, balancer, torch.optim.SGD(m.parameters(), lr=0.1), inputs, labels, 0, precision=precision)
+    bf16, fp32 = results["bf16"], results["fp32"]
+    assert all(x.dtype == torch.bfloat16 for x in bf16.out.unimodal.values())  # the heads ran under autocast
+    assert all(x.dtype == torch.float32 for x in fp32.out.unimodal.values())
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert bf16.loss == pytest.approx(fp32.loss, rel=0.02) and bf16.loss != fp32.loss
+    for key, value in fp32.logs.items():
+        assert bf16.logs[key] == pytest.approx(value, rel=0.05), key

@@ -32,6 +32,7 @@ import torch
 
 from mmbalance.balancers import build_balancer
 from mmbalance.config import validate
+from mmbalance.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from mmbalance.data.store.features import FeatureStore
 from mmbalance.models.multimodal import build_model
 from mmbalance.step import training_step
@@ -85,7 +86,7 @@ class ReferenceStyleDataset(torch.utils.data.Dataset):
         self.root, self.clips = root, clips
         self.transform = transforms.Compose([
             transforms.RandomResizedCrop(FRAME), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ])
 
     def __len__(self) -> int:
@@ -100,9 +101,12 @@ class ReferenceStyleDataset(torch.utils.data.Dataset):
 
 
 def samples_per_second(batches, clips: int) -> float:
+    synchronize = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    synchronize()
     began = time.perf_counter()
     for _ in batches:
         pass
+    synchronize()  # the device's queued work counts too
     return clips / (time.perf_counter() - began)
 
 
@@ -143,14 +147,15 @@ def cpu_seconds_per_step(step, steps: int) -> float:
 
 
 def training_step_times(store_dir: Path, batch: int, steps: int, rounds: int) -> None:
-    """CPU time per step on one thread, taking turns between configurations."""
+    """CPU time per step on one thread, taking turns between configurations (on the CPU
+    whatever --device says: process time measures CPU work only)."""
     torch.set_num_threads(1)
     store = FeatureStore.load(store_dir).place("cpu")
     rows = torch.arange(batch)
     labels = store.labels[rows]
     generator = torch.Generator().manual_seed(0)
     fixed = store.inputs(rows, ["audio", "video"], generator)
-    bf16 = torch.backends.mkldnn.is_available() and getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")() in ("AVX512", "AMX")
+    capability = torch.backends.cpu.get_cpu_capability()
     configs = {}
     for precision in ("fp32", "bf16"):
         for layout in ("contiguous", "channels_last"):
@@ -172,7 +177,7 @@ def training_step_times(store_dir: Path, batch: int, steps: int, rounds: int) ->
             for kind in ("model only", "full step"):
                 config["times"][kind].append(cpu_seconds_per_step(config[kind], steps))
     print(f"training step (OGM-GE, SGD, ResNet18 width 64, batch {batch}, 1 thread, CPU time per step, median of {rounds} rounds "
-          f"of {steps}; CPU capability {torch.backends.cpu.get_cpu_capability()}{'' if bf16 else ', no native bf16'}):")
+          f"of {steps}; torch's CPU capability {capability}):")
     baseline = float(np.median(configs[("fp32", "contiguous")]["times"]["model only"]))
     for (precision, layout), config in configs.items():
         model_only, full = (float(np.median(config["times"][k])) for k in ("model only", "full step"))

@@ -115,8 +115,11 @@ def rng_states(generators: dict[str, torch.Generator]) -> dict:
     """Every RNG the loop draws from (the global ones and its own `generators`, e.g. the data
     order and the augmentation), as tensors and plain types (loadable with weights_only)."""
     name, keys, position, has_gauss, cached = np.random.get_state()
+    # CUDA's generators drive dropout and noise (OGM-GE's) in a GPU run.
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
     return {
         "torch": torch.get_rng_state(),
+        "cuda": cuda,
         "generators": {key: generator.get_state() for key, generator in generators.items()},
         "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
@@ -126,6 +129,8 @@ def rng_states(generators: dict[str, torch.Generator]) -> dict:
 
 def set_rng_states(states: dict, generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(states["torch"].cpu())
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
     for key, generator in generators.items():
         generator.set_state(states["generators"][key].cpu())
     numpy = states["numpy"]

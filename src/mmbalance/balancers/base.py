@@ -127,8 +127,9 @@ class Balancer:
 
 
 def true_class_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample softmax probability of the true class, detached."""
-    return logits.detach().softmax(dim=1).gather(1, labels[:, None])[:, 0]
+    """Per-sample softmax probability of the true class, detached, in fp32 (bf16 autocast
+    leaves logits in bf16, whose 3 significant digits would blur ratios near 1)."""
+    return logits.detach().float().softmax(dim=1).gather(1, labels[:, None])[:, 0]
 
 
 def scale_gradients(params: list[torch.nn.Parameter], coefficient: float) -> None:

@@ -99,9 +99,10 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flips: tor
     store_size below twice frame_size never needs more than one grid_sample per batch.)
     One grid_sample per distinct k, so a frame's output never depends on its batch."""
     n, channels, height, width = images.shape
+    # k from the boxes on the CPU, where they are drawn: reading them back from a GPU would stall it.
+    factors = torch.floor(boxes[:, 2:].amax(dim=1).cpu() / size).clamp_min(1).long()
     boxes = boxes.to(device=images.device, dtype=torch.float32)
     flips = torch.zeros(n, dtype=torch.bool) if flips is None else flips
-    factors = torch.floor(boxes[:, 2:].amax(dim=1).cpu() / size).clamp_min(1).long()
     out = images.new_empty(n, channels, size, size)
     for k in factors.unique().tolist():
         members = (factors == k).nonzero()[:, 0].to(images.device)

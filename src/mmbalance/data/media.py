@@ -420,14 +420,18 @@ class ClipDecoder:
         self.to_features = audio_transform(recipe)
         self.num_samples = int(round(recipe["seconds"] * recipe["sample_rate"]))
         self.spectrogram_shape = self.to_features(np.zeros(self.num_samples, dtype=np.float32)).shape
-        self.size = recipe.get("store_size") or recipe["frame_size"]  # frames are stored at store_size when the recipe has one
+        self.size = recipe["store_size"]  # frames are stored at store_size (resolve defaults it to frame_size)
         self.frames_shape = (recipe["frames"], self.size, self.size, 3)
 
-    def audio(self, path: Path, start: float = 0.0, end: float | None = None) -> np.ndarray:
+    def waveform(self, path: Path, start: float = 0.0, end: float | None = None) -> np.ndarray:
+        """The mono waveform at the recipe's rate, cut or tiled to its `seconds` (not with crop none)."""
         r = self.recipe
         start, end = (start, end) if r["segment"] else (0.0, None)
         waveform = decode_audio(path, r["sample_rate"], start, end, downmix=r["downmix"], reader=r["audio_reader"], resample=r["resample"])
-        return self.to_features(fit_length(waveform, self.num_samples, r["crop"]))
+        return fit_length(waveform, self.num_samples, r["crop"])
+
+    def audio(self, path: Path, start: float = 0.0, end: float | None = None) -> np.ndarray:
+        return self.to_features(self.waveform(path, start, end))
 
     def frames(self, path: Path, start: float = 0.0) -> tuple[np.ndarray, int]:
         r = self.recipe

@@ -225,7 +225,8 @@ class MMTMFusion(nn.Module):
                 gates = self._derived_gates(mmtm, squeezed, self.fixed_squeezes[len(self.last_squeezes) - 1])
             if self.isolated is not None:
                 batch = gates[self.isolated].shape[0]
-                gates[self.isolated] = mmtm.running(self.isolated).expand(batch, -1)
+                # The running mean is an fp32 buffer: keep the gate in the activations' dtype (bf16 autocast).
+                gates[self.isolated] = mmtm.running(self.isolated).expand(batch, -1).to(gates[self.isolated].dtype)
             for m, stream in streams.items():
                 stream.scale(gates[m])
         return {m: s.pool() for m, s in streams.items()}

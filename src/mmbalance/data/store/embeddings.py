@@ -29,7 +29,7 @@ import torch
 
 from mmbalance.data import media
 from mmbalance.data.catalog import Catalog, Clip
-from mmbalance.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from mmbalance.data.augment import normalise_pixels
 from mmbalance.data.store.features import write_store
 from mmbalance.models.pretrained import EFFICIENTNET_B2_FEATURES, build_efficientnet_b2, build_wav2vec2
 
@@ -44,8 +44,6 @@ class FrozenExtractors:
         # Only the CNN is used here: build no transformer layer.
         self.audio = build_wav2vec2({**backbone["audio"], "layers": 0}).feature_extractor.eval().to(device)
         self.video = build_efficientnet_b2(backbone["video"]["weights"]).eval().to(device)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device)[:, None, None]
-        self.std = torch.tensor(IMAGENET_STD, device=device)[:, None, None]
 
     @torch.no_grad()
     def audio_features(self, waveform: np.ndarray) -> np.ndarray:
@@ -56,24 +54,25 @@ class FrozenExtractors:
 
     @torch.no_grad()
     def frame_features(self, frames: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float() / 255.0
-        return self.video(((x - self.mean) / self.std).contiguous()).cpu().numpy()  # (T_v, 1408)
+        x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float()
+        return self.video(normalise_pixels(x).contiguous()).cpu().numpy()  # (T_v, 1408)
 
 
 def extract(catalog_dir: Path, out_dir: Path, recipe: dict, backbone: dict, device: str = "cpu") -> pd.DataFrame:
     """Write the embeddings store of a catalog's clips; returns the index."""
+    if recipe["crop"] == "none":
+        raise ValueError("preprocessing.crop: 'none' keeps clips of any length; the Conformer's embeddings store needs "
+                         "one length per clip: set crop to start or centre")
     catalog = Catalog.read(catalog_dir)
     extractors = FrozenExtractors(backbone, device)
-    num_samples = int(round(recipe["seconds"] * WAV2VEC2_SAMPLE_RATE))
-    num_frames, size = recipe["frames"], backbone["video"]["frame_size"]
-    audio_shape = extractors.audio_features(np.zeros(num_samples, dtype=np.float32)).shape
-    video_shape = (num_frames, EFFICIENTNET_B2_FEATURES)
+    # The recipe's decoding keys (downmix, frame choice, ...), at wav2vec2's rate and EfficientNet-B2's frame size.
+    decoder = media.ClipDecoder(recipe | {"sample_rate": WAV2VEC2_SAMPLE_RATE, "store_size": backbone["video"]["frame_size"]})
+    audio_shape = extractors.audio_features(np.zeros(decoder.num_samples, dtype=np.float32)).shape
+    video_shape = (recipe["frames"], EFFICIENTNET_B2_FEATURES)
 
-    def encode(clip: Clip) -> tuple[dict[str, np.ndarray], int]:
-        start, end = (clip.start, clip.end) if recipe["segment"] else (0.0, None)
-        waveform = media.decode_audio(clip.audio, WAV2VEC2_SAMPLE_RATE, start, end)
-        frames, padded = media.decode_frames(clip.video, num_frames, recipe["fps"], size, start, pad=recipe["short_clips"] == "pad")
-        audio = extractors.audio_features(media.fit_length(waveform, num_samples, recipe["crop"]))
+    def encode(clip: Clip) -> tuple[dict[str, np.ndarray], dict]:
+        audio = extractors.audio_features(decoder.waveform(clip.audio, clip.start, clip.end))
+        frames, padded = decoder.frames(clip.video, clip.start)
         return {"audio.npy": audio, "video.npy": extractors.frame_features(frames)}, {"padded_frames": padded}
 
     arrays = {"audio.npy": (np.float16, audio_shape), "video.npy": (np.float32, video_shape)}

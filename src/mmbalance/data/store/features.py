@@ -156,9 +156,11 @@ class FeatureStore:
     `place(device, budget_mb)` decides where batches come from. A store whose arrays fit
     the budget is copied onto the training device once: a batch is then an index lookup
     there. A larger one stays memory-mapped: each batch's rows are read from the page cache
-    (shared by every job on the host that reads the same store) into pinned memory on a
-    background thread, one batch ahead of the model. Both paths turn the same raw rows
-    into the same inputs, so a run's results do not depend on which one it took.
+    (shared by every job on the host that reads the same store) on a background thread,
+    one batch ahead of the model, so the disk and the gather overlap the model's work (on
+    CUDA the host-to-device copy itself is queued on the compute stream, from pinned
+    memory). Both paths turn the same raw rows into the same inputs, so a run's results do
+    not depend on which one it took (checked on the CPU).
     """
 
     arrays: dict[str, np.ndarray | torch.Tensor]  # modality -> raw rows: a memory map, or a tensor on the device
@@ -232,7 +234,7 @@ class FeatureStore:
             return {m: self.arrays[m][rows] for m in modalities}
         positions = rows.cpu().numpy()
         batch = {m: torch.from_numpy(self.arrays[m][positions]) for m in modalities}
-        if self.device.type == "cuda":  # pinned, so the copy overlaps the model's work
+        if self.device.type == "cuda":  # pinned: an asynchronous copy, queued behind the running kernels
             batch = {m: x.pin_memory().to(self.device, non_blocking=True) for m, x in batch.items()}
         return batch
 
@@ -280,7 +282,7 @@ class FeatureStore:
             else:
                 frames = resize_frames(frames, size)
             # Contiguous NCHW: oneDNN's channels-last path hangs or crashes on narrow convs on
-            # CPU (train.channels_last converts the model on CUDA).
+            # CPU (train.channels_last: auto converts the model on CUDA only).
             batch["video"] = normalise_pixels(frames, self.pixels)
         return batch
 
@@ -292,17 +294,27 @@ class FeatureStore:
         sizes = self.source_size[rows.cpu()]
         return sizes[:, 0], sizes[:, 1]
 
-    def standardise(self, train_rows: torch.Tensor) -> None:
+    def standardise(self, train_rows: torch.Tensor, batch: int = 4096) -> None:
         """Embeddings: standardise each channel with the statistics of the fold's
         training clips (MLB normalises its face features and waveforms with
         per-fold training statistics). Decoded stores are left as they are."""
         if self.kind != "embeddings":
             return
-        self.scale = {}
-        for m, x in self.read(train_rows, list(self.arrays)).items():
-            x = x.float().flatten(0, -2)
-            # A constant channel stays 0 (0 / tiny); a tiny but varying one is rescaled.
-            self.scale[m] = (x.mean(dim=0), x.std(dim=0).clamp_min(torch.finfo(torch.float32).tiny))
+        # Batch by batch (a streamed store never holds the split at once), merged in float64
+        # with Chan et al.'s pairwise update of (count, mean, sum of squared deviations).
+        totals = {}
+        for rows in train_rows.split(batch):
+            for m, x in self.read(rows, list(self.arrays)).items():
+                x = x.double().flatten(0, -2)
+                count, mean, m2 = len(x), x.mean(dim=0), ((x - x.mean(dim=0)) ** 2).sum(dim=0)
+                if m in totals:
+                    n0, mean0, m20 = totals[m]
+                    delta, n = mean - mean0, n0 + count
+                    mean, m2, count = mean0 + delta * count / n, m20 + m2 + delta**2 * n0 * count / n, n
+                totals[m] = (count, mean, m2)
+        # A constant channel stays 0 (0 / tiny); a tiny but varying one is rescaled.
+        self.scale = {m: (mean.float(), (m2 / max(count - 1, 1)).sqrt().float().clamp_min(torch.finfo(torch.float32).tiny))
+                      for m, (count, mean, m2) in totals.items()}
 
     @property
     def num_classes(self) -> int:

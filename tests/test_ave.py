@@ -51,7 +51,7 @@ ROWS = {
 }
 VIDEO_IDS = sorted({row[1] for rows in ROWS.values() for row in rows})
 STANDIN_COUNTS = {"train": {"lines": 8, "videos": 7}, "val": {"lines": 4, "videos": 4}, "test": {"lines": 4, "videos": 4}}
-TINY_RECIPE = {"preset": "mlb_ave", "frame_size": 32, "sample_rate": 8000, "seconds": 2.0, "n_fft": 128, "hop_length": 64}
+TINY_RECIPE = {"preset": "mlb_ave", "frame_size": 32, "store_scale": 1.0, "sample_rate": 8000, "seconds": 2.0, "n_fft": 128, "hop_length": 64}
 ZIP_PATH = "/drive/AVE_Dataset.zip"
 
 

@@ -267,7 +267,7 @@ def test_catalog_and_store_on_the_standin(downloaded, tmp_path, small_counts):
     assert catalog.notes["clips_in_only_one_list_format"] == {"train": 0, "test": 0}
 
     catalog.write(tmp_path / "catalog")
-    recipe = recipes.resolve({"preset": "gewu_kinetics_sounds", "frame_size": 32, "fbank_frames": 128})
+    recipe = recipes.resolve({"preset": "gewu_kinetics_sounds", "frame_size": 32, "store_scale": 1.0, "fbank_frames": 128})
     index = features.preprocess(tmp_path / "catalog", tmp_path / "store", recipe).set_index("clip")
     skipped = index.loc[index["skipped"], "skip_kind"].to_dict()
     assert skipped == {cvdf("noAudio_001", 5): "no_audio", cvdf("corrupt_mp4", 1): "corrupt"}

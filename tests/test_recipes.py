@@ -63,6 +63,10 @@ def test_centre_crop_keeps_the_middle():
 def test_overrides_win_over_the_preset_and_are_recorded():
     recipe = recipes.resolve({"preset": "mlb_cremad", "frame_size": 112})
     assert recipe["frame_size"] == 112 and recipe["frames"] == 3 and recipe["preset"] == "mlb_cremad"
+    # The paper presets keep frames at 8/7 of the model's size, for the training crops: 128 px for 112.
+    assert recipe["augment"] == "reference" and recipe["store_size"] == 128
+    assert recipes.resolve({"preset": "mlb_cremad"})["store_size"] == 256
+    assert recipes.resolve({"preset": "synthetic_cpu"})["store_size"] == 64  # no augmentation, no margin
     assert recipes.resolve({"frames": 1, "fps": 1, "frame_size": 8, "sample_rate": 8000, "seconds": 1, "n_fft": 64, "hop_length": 32})["preset"] == "custom"
 
 

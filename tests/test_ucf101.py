@@ -318,7 +318,7 @@ def test_catalog_and_store_on_the_standin(standin, tmp_path, catalog_counts, mon
     assert sorted(c.name for c in ucf101.build_catalog(raw, "mlb", {"folds": 3}).clips) == names
 
     catalog.write(tmp_path / "catalog")
-    recipe = resolve({"preset": "mlb_ucf101", "frame_size": 32, "sample_rate": 8000, "n_fft": 128, "hop_length": 64})
+    recipe = resolve({"preset": "mlb_ucf101", "frame_size": 32, "store_scale": 1.0, "sample_rate": 8000, "n_fft": 128, "hop_length": 64})
     index = features.preprocess(tmp_path / "catalog", tmp_path / "store", recipe).set_index("clip")
     skipped = index.loc[index["skipped"], "skip_kind"].to_dict()
     assert skipped == {"v_ApplyEyeMakeup_g22_c02": "too_short", "v_PlayingDhol_g23_c02": "corrupt"}

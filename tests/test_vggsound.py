@@ -32,7 +32,7 @@ STAT = f"/hche11/VGGSound/{vggsound_download.STAT_CSV_COMMIT}/data/stat.csv"
 TEST = f"/hche11/VGGSound/{vggsound_download.TEST_CSV_COMMIT}/data/test.csv"
 CLASS_NAMES = ["race car, auto racing", "dog barking", "bird chirping, tweeting", "playing violin, fiddle"]  # stat.csv order
 RATES = (16000, 44100, 48000)
-RECIPE = recipes.resolve({"preset": "ogm_ge_vggsound", "frame_size": 32, "sample_rate": 8000, "seconds": 2.0,
+RECIPE = recipes.resolve({"preset": "ogm_ge_vggsound", "frame_size": 32, "store_scale": 1.0, "sample_rate": 8000, "seconds": 2.0,
                           "n_fft": 128, "hop_length": 64})
 DROP_AFTER = 4000
 

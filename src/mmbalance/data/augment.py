@@ -25,7 +25,7 @@ the ten attempts of the rejection rule are drawn for all frames at once from the
 generator (torchvision draws them one at a time from the global one), and the box corners
 are fractional once mapped onto the stored square. The crop is taken from the stored square,
 not from the original video, so a box smaller than `frame_size` stored pixels is enlarged from
-fewer pixels than the reference had; a larger `store_size` narrows that gap (the benchmark
+fewer pixels than the reference had; a larger `store_scale` narrows that gap (the benchmark
 reports the memory it costs).
 """
 

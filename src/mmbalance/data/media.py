@@ -420,7 +420,7 @@ class ClipDecoder:
         self.to_features = audio_transform(recipe)
         self.num_samples = int(round(recipe["seconds"] * recipe["sample_rate"]))
         self.spectrogram_shape = self.to_features(np.zeros(self.num_samples, dtype=np.float32)).shape
-        self.size = recipe["store_size"]  # frames are stored at store_size (resolve defaults it to frame_size)
+        self.size = recipe["store_size"]  # round(frame_size x store_scale), set by recipes.resolve
         self.frames_shape = (recipe["frames"], self.size, self.size, 3)
 
     def waveform(self, path: Path, start: float = 0.0, end: float | None = None) -> np.ndarray:

@@ -17,9 +17,10 @@ and is logged as MLflow tags of every run that trains on the store.
 
 Keys:
   frames, fps, frame_size   frames for the seconds start + k/fps; the model sees frame_size squares
-  store_size                the square size frames are kept at in the store (default
-                            frame_size); training crops come from it, validation and
-                            test frames are resized from it to frame_size
+  store_scale               frames are kept in the store as squares of store_size =
+                            round(frame_size x store_scale) pixels (default 1); training
+                            crops come from them, validation and test frames are
+                            resized from them to frame_size
   augment                   reference (every reference loader's RandomResizedCrop + flip
                             of each training frame, mmbalance.data.augment) or none
   frame_select              count (decoded frames counted as OpenCV does: second s
@@ -52,7 +53,7 @@ reference recipe computed with the reference's own libraries.
 
 from __future__ import annotations
 
-DEFAULTS = {"short_clips": "pad", "segment": False, "crop": "start", "audio_features": "stft", "normalise": "none", "augment": "none",
+DEFAULTS = {"short_clips": "pad", "segment": False, "crop": "start", "audio_features": "stft", "normalise": "none", "augment": "none", "store_scale": 1.0,
             "frame_select": "count", "downmix": "mean", "audio_reader": "direct", "resample": "sinc", "pixels": "rgb"}
 # The values each decoding key may take (see Keys above).
 CHOICES = {"frame_select": ("count", "mid_second", "time"), "short_clips": ("pad", "skip"), "crop": ("start", "centre", "none"),
@@ -64,7 +65,7 @@ CHOICES = {"frame_select": ("count", "mid_second", "time"), "short_clips": ("pad
 TRAINING_KEYS = ("augment", "pixels")
 # What every paper preset trains with: each reference loader's RandomResizedCrop + flip, cut from
 # frames stored at 256 px (the crops keep more detail than at 224, for 1.3x the memory).
-REFERENCE_TRAINING = {"augment": "reference", "store_size": 256}
+REFERENCE_TRAINING = {"augment": "reference", "store_scale": 8 / 7}  # 224 px -> 256 px
 REQUIRED = ["frames", "fps", "frame_size", "sample_rate", "seconds"]
 
 # Recipe A: librosa.load(sr=22050), tile to 3 s, stft(512, hop 353), log -> 257 x 188.
@@ -116,7 +117,6 @@ def resolve(preprocessing: dict, where: str = "preprocessing") -> dict:
         raise ValueError(f"{where}.preset: {preset!r} is not one of {sorted(PRESETS)}")
     recipe = DEFAULTS | PRESETS.get(preset, {}) | {k: v for k, v in preprocessing.items() if k != "preset"}
     recipe["preset"] = preset or "custom"
-    recipe.setdefault("store_size", recipe.get("frame_size"))
     for key, allowed in CHOICES.items():
         if recipe[key] not in allowed:
             raise ValueError(f"{where}.{key}: {recipe[key]!r} is not one of {list(allowed)}")
@@ -128,6 +128,7 @@ def resolve(preprocessing: dict, where: str = "preprocessing") -> dict:
     missing = [key for key in needed if key not in recipe]
     if missing:
         raise ValueError(f"{where}: recipe lacks {missing} (set them, or name a preset: {sorted(PRESETS)})")
+    recipe["store_size"] = int(round(recipe["frame_size"] * recipe["store_scale"]))
     return recipe
 
 

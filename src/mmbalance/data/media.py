@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torchaudio
 
+from mmbalance.data.recipes import check_choices
 from mmbalance.io import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,7 @@ def decode_audio(path: Path, sample_rate: int, start: float = 0.0, end: float | 
     (torchaudio's kaldi fbank on a stereo WAV, MLB's `[:, 0]`). Averaging
     after decoding, not PyAV's mono layout, whose downmix is 0.7071 (L + R)."""
     check_is_media(path)
-    if reader not in ("direct", "moviepy") or resample not in ("sinc", "nearest") or downmix not in ("mean", "left"):
-        raise ValueError(f"decode_audio: reader {reader!r}, resample {resample!r}, downmix {downmix!r}: "
-                         "expected direct|moviepy, sinc|nearest, mean|left")
-    if resample == "nearest" and reader != "moviepy":
-        raise ValueError("decode_audio: resample 'nearest' is moviepy's to_soundarray and needs reader 'moviepy'")
+    check_choices({"audio_reader": reader, "resample": resample, "downmix": downmix}, "decode_audio")
     if shortfall := wav_data_shortfall(path):
         raise MediaError(f"{path}: the WAV header declares {shortfall[0]} bytes of audio, the file holds {shortfall[1]} (truncated)", "truncated")
     try:
@@ -159,9 +156,6 @@ def _resample_through(stages: list, frame) -> list[np.ndarray]:
     for stage in stages:
         frames = [out for f in frames for out in stage.resample(f)] + ([out for out in stage.resample(None)] if frame is None else [])
     return [f.to_ndarray() for f in frames]
-
-
-FRAME_SELECTIONS = ("count", "mid_second", "time")
 
 
 def opencv_rate(stream) -> float:
@@ -218,8 +212,7 @@ def decode_frames(path: Path, num_frames: int, fps: float, size: int, start: flo
     (MLB's UCF101 rule); returns (frames uint8 (T, size, size, 3), number of padded frames).
     """
     check_is_media(path)
-    if select not in FRAME_SELECTIONS:
-        raise ValueError(f"decode_frames: select {select!r} is not one of {', '.join(FRAME_SELECTIONS)}")
+    check_choices({"frame_select": select}, "decode_frames")
     chosen: list[np.ndarray] = []
     last_time = None
     try:

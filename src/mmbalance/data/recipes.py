@@ -117,11 +117,7 @@ def resolve(preprocessing: dict, where: str = "preprocessing") -> dict:
         raise ValueError(f"{where}.preset: {preset!r} is not one of {sorted(PRESETS)}")
     recipe = DEFAULTS | PRESETS.get(preset, {}) | {k: v for k, v in preprocessing.items() if k != "preset"}
     recipe["preset"] = preset or "custom"
-    for key, allowed in CHOICES.items():
-        if recipe[key] not in allowed:
-            raise ValueError(f"{where}.{key}: {recipe[key]!r} is not one of {list(allowed)}")
-    if recipe["resample"] == "nearest" and recipe["audio_reader"] != "moviepy":
-        raise ValueError(f"{where}.resample: 'nearest' is moviepy's to_soundarray, it needs audio_reader: moviepy")
+    check_choices(recipe, where)
     if recipe["crop"] == "none" and recipe["audio_features"] != "fbank":
         raise ValueError(f"{where}.crop: 'none' keeps clips of any length, which only fbank (padded to fbank_frames) turns into one shape")
     needed = REQUIRED + NEEDS.get(recipe["audio_features"], [])
@@ -130,6 +126,17 @@ def resolve(preprocessing: dict, where: str = "preprocessing") -> dict:
         raise ValueError(f"{where}: recipe lacks {missing} (set them, or name a preset: {sorted(PRESETS)})")
     recipe["store_size"] = int(round(recipe["frame_size"] * recipe["store_scale"]))
     return recipe
+
+
+def check_choices(values: dict, where: str) -> None:
+    """Each of `values`' keys that CHOICES lists takes one of its values, and `resample: nearest`
+    (moviepy's to_soundarray) comes with `audio_reader: moviepy`; the error names the key.
+    Called on every resolved recipe, and by the decoders on the arguments they are given."""
+    for key, value in values.items():
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ValueError(f"{where}.{key}: {value!r} is not one of {list(CHOICES[key])}")
+    if values.get("resample") == "nearest" and values.get("audio_reader", "moviepy") != "moviepy":
+        raise ValueError(f"{where}.resample: 'nearest' is moviepy's to_soundarray, it needs audio_reader: moviepy")
 
 
 def store_recipe(recipe: dict) -> dict:

@@ -98,17 +98,44 @@ def test_crop_resize_shrinks_by_averaging():
 
 
 def test_same_seed_same_crops_and_eval_untouched():
-    frames = torch.rand(3, 2, 3, 48, 48)
-    sizes = torch.tensor([64.0, 48.0, 48.0]), torch.tensor([48.0, 48.0, 36.0])
+    frames = torch.randint(0, 256, (6, 3, 48, 48), dtype=torch.uint8)
+    sizes = torch.tensor([64.0, 64.0, 48.0, 48.0, 48.0, 48.0]), torch.tensor([48.0, 48.0, 48.0, 48.0, 36.0, 36.0])
     first = augment.augment_frames(frames, torch.Generator().manual_seed(5), *sizes, 32)
     again = augment.augment_frames(frames, torch.Generator().manual_seed(5), *sizes, 32)
     other = augment.augment_frames(frames, torch.Generator().manual_seed(6), *sizes, 32)
-    assert first.shape == (3, 2, 3, 32, 32) and torch.equal(first, again) and not torch.equal(first, other)
+    assert first.shape == (6, 3, 32, 32) and torch.equal(first, again) and not torch.equal(first, other)
+    # The stored channels-last layout gives the same crops as a contiguous copy.
+    channels_last = frames.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert torch.equal(augment.augment_frames(channels_last, torch.Generator().manual_seed(5), *sizes, 32), first)
     assert augment.resize_frames(frames, 48) is frames
-    from torchvision.transforms import Resize
 
-    expected = Resize((24, 24), antialias=True)(frames.flatten(0, 1)).reshape(3, 2, 3, 24, 24)
-    assert torch.allclose(augment.resize_frames(frames, 24), expected, atol=1e-6)  # the references' test transform
+
+def test_eval_resize_is_pils_bilinear_resize():
+    """The references' test transform is Resize((224, 224)) on a PIL image: antialiased bilinear
+    on uint8. The store's resize (uint8, on the stored channels-last layout) stays within one grey
+    level of PIL's, and its float-and-round variant for devices without the uint8 kernel within
+    one grey level of it."""
+    from PIL import Image
+
+    smooth = F.interpolate(torch.rand(4, 3, 12, 12) * 255, size=(60, 60), mode="bicubic").clamp(0, 255).round().to(torch.uint8)
+    stored = smooth.permute(0, 2, 3, 1).contiguous()  # (n, S, S, 3) as in frames.npy
+    ours = augment.resize_frames(stored.permute(0, 3, 1, 2), 24)
+    assert ours.dtype == torch.uint8 and ours.shape == (4, 3, 24, 24)
+    for image, resized in zip(stored.numpy(), ours):
+        pil = np.asarray(Image.fromarray(image).resize((24, 24), Image.BILINEAR))
+        assert np.abs(resized.permute(1, 2, 0).numpy().astype(int) - pil.astype(int)).max() <= 1
+    as_float = F.interpolate(stored.permute(0, 3, 1, 2).float(), size=(24, 24), mode="bilinear", antialias=True)
+    assert (as_float.round() - ours.float()).abs().max() <= 1
+
+
+def test_normalise_pixels_takes_stored_uint8_in_any_layout():
+    frames = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # channels-last view
+    mean, std = torch.tensor(augment.IMAGENET_MEAN)[:, None, None], torch.tensor(augment.IMAGENET_STD)[:, None, None]
+    rgb = augment.normalise_pixels(frames)
+    assert rgb.is_contiguous() and rgb.dtype == torch.float32
+    assert torch.allclose(rgb, (frames.float() / 255 - mean) / std, atol=1e-5)
+    bgr = augment.normalise_pixels(frames, "bgr_255")
+    assert torch.allclose(bgr, (frames.flip(1).float() - mean) / std, atol=1e-4)
 
 
 def test_store_augments_training_batches_only(tiny_store):

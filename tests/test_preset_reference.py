@@ -331,8 +331,8 @@ def reference_vggsound(clips, window_start: int) -> tuple[np.ndarray, np.ndarray
 def eval_frames(frames: np.ndarray, frame_size: int = 224) -> np.ndarray:
     """What the model sees at validation and test: the stored frames (store_size) resized to
     frame_size (every paper preset's 224) as the feature store does; float grey levels."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()[None]
-    return augment.resize_frames(x, frame_size)[0].permute(0, 2, 3, 1).numpy()
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # uint8, as stored
+    return augment.resize_frames(x, frame_size).permute(0, 2, 3, 1).numpy().astype(np.float32)
 
 
 def frame_error(project: np.ndarray, reference: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-from mmbalance.cli import main
+from mmbalance.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -16,6 +16,9 @@ It prints:
 * the process's anonymous (non-file-backed) memory with each store placement: a streamed
   store leaves its arrays in the page cache, shared by every job that reads them.
 
+`--startup` instead times what a training job imports before its first step, each in a
+fresh interpreter (see `startup`).
+
 Figures are only comparable within one run: machines differ.
 """
 
@@ -30,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmbalance import allocator
 from mmbalance.balancers import build_balancer
 from mmbalance.config import validate
 from mmbalance.data.augment import IMAGENET_MEAN, IMAGENET_STD
@@ -120,12 +124,20 @@ def anonymous_memory_mb() -> float:
 
 def data_path(store_dir: Path, reference_dir: Path, clips: int, batch: int, device: str, workers: int) -> None:
     rows = torch.arange(clips)
-    print(f"data path: {clips} clips, batch {batch}, 1 frame {STORED} px -> {FRAME} px + spectrogram {SPECTROGRAM}, on {device}")
+    print(f"data path: {clips} clips, batch {batch}, 1 frame {STORED} px -> {FRAME} px + spectrogram {SPECTROGRAM}, on {device}; "
+          f"memory allocator: {allocator.active()} (mmbalance.allocator)")
     reference = torch.utils.data.DataLoader(ReferenceStyleDataset(reference_dir, clips), batch_size=batch, shuffle=True,
                                             num_workers=workers, persistent_workers=False)
     samples_per_second(reference, clips)  # warm the file cache and the workers' imports
     reference_rate = samples_per_second(reference, clips)
     print(f"  reference-style loader ({workers} workers, JPEG + torchvision, augmented): {reference_rate:9.0f} samples/s")
+    # The floor under any host-side path: writing the float32 frames the model takes, from uint8
+    # already in place (no gather, no resize, no spectrogram).
+    ready = torch.randint(0, 256, (batch, 3, FRAME, FRAME), dtype=torch.uint8)
+    widened = torch.empty(batch, 3, FRAME, FRAME)
+    rate = samples_per_second((widened.copy_(ready) for _ in range(clips // batch)), clips)
+    print(f"  ceiling: only widening {FRAME} px uint8 frames to float32 ({4 * 3 * FRAME * FRAME * rate / 1e9:.1f} GB/s written): "
+          f"{rate:9.0f} samples/s = {rate / reference_rate:5.1f}x")
     for placement, budget in (("in memory", None), ("streamed", 0)):
         before = anonymous_memory_mb()
         store = FeatureStore.load(store_dir).place(device, budget)
@@ -191,3 +203,36 @@ def run(clips: int, batch: int, device: str, steps: int, rounds: int, workers: i
         reference_dir = write_reference_files(Path(tmp) / "reference", clips)
         data_path(store_dir, reference_dir, clips, batch, device, workers)
         training_step_times(store_dir, batch, steps, rounds)
+
+
+# What a ResNet training job imports before its first step, cumulatively: each line runs in a
+# fresh interpreter, so a line's time includes the lines above it.
+STARTUP_STEPS = [
+    ("python itself", "pass"),
+    ("+ torch", "import torch"),
+    ("+ torch._dynamo (torch.optim imports it on an optimizer's construction and on each step)",
+     "import torch._dynamo"),
+    ("+ mmbalance's training code (pandas, torchvision's ResNet, the balancers)",
+     "import mmbalance.train, mmbalance.balancers, mmbalance.models.multimodal"),
+    ("+ the MLflow client and its SQLite store (SQLAlchemy, alembic)",
+     "from mlflow.tracking import MlflowClient; import mlflow.store.tracking.sqlalchemy_store"),
+]
+
+
+def startup(repeats: int = 3) -> None:
+    """Wall time of each cumulative import set of a training job (median of `repeats` fresh
+    interpreters): the floor under a job's time to its first step."""
+    import statistics
+    import subprocess
+    import sys
+
+    print(f"training job start-up: cumulative imports, each in a fresh interpreter, median of {repeats}")
+    code = []
+    for label, statement in STARTUP_STEPS:
+        code.append(statement)
+        times = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "; ".join(code)], check=True)
+            times.append(time.perf_counter() - began)
+        print(f"  {statistics.median(times):6.2f} s  {label}")

@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from mmbalance.tracking import ARTIFACTS as DEFAULT_ARTIFACTS
+from mmbalance.tracking import SERVER_LOG as DEFAULT_SERVER_LOG
 from mmbalance.tracking import SERVER_STORE as DEFAULT_SERVER_STORE
 
 
@@ -98,8 +100,7 @@ def cmd_tracking_server(args) -> None:
         print(f"{info['uri'] if info else '(no record ' + str(record) + ')'}: {state}")
         return
     server = Experiment.from_files(*args.configfile).config["tracking"]["server"]
-    info = start_server(record, DEFAULT_SERVER_STORE, Path("results/mlflow/artifacts"), server["host"], server["port"],
-                        Path("logs/mlflow-server.log"))
+    info = start_server(record, DEFAULT_SERVER_STORE, DEFAULT_ARTIFACTS, server["host"], server["port"], DEFAULT_SERVER_LOG)
     print(info["uri"])
 
 
@@ -222,6 +223,11 @@ def cmd_benchmark(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.startup:
+        from mmbalance.bench_pipeline import startup
+
+        startup()
+        return
     if args.pipeline:
         from mmbalance.bench_pipeline import run
 
@@ -276,12 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("init-tracking", help="create the MLflow store and experiment")
     p.add_argument("--uri", required=True)
     p.add_argument("--experiment", required=True)
-    p.add_argument("--artifacts", type=Path, required=True)
+    p.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     p.add_argument("--sentinel", type=Path, required=True)
     p.add_argument("--server-host", default="", help="tracking.server.host (mlflow-server: URIs only)")
     p.add_argument("--server-port", type=int, default=5000, help="tracking.server.port")
     p.add_argument("--server-store", default=DEFAULT_SERVER_STORE, help="the store the server writes")
-    p.add_argument("--server-log", type=Path, default=Path("logs/mlflow-server.log"))
+    p.add_argument("--server-log", type=Path, default=DEFAULT_SERVER_LOG)
     p.set_defaults(func=cmd_init_tracking)
 
     p = commands.add_parser("tracking-server", help="start, stop or show the workflow's MLflow server (tracking.server)")
@@ -374,10 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", action="store_true",
                    help="instead: the input pipeline (in memory vs streamed, augmentation, a reference-style loader) and the "
                         "training step around it (model only vs full, fp32 vs bf16, channels-last), at OGM-GE's CREMA-D sizes")
+    p.add_argument("--startup", action="store_true",
+                   help="instead: what a training job imports before its first step, each part timed in a fresh interpreter")
     p.add_argument("--clips", type=int, default=512, help="--pipeline: clips in the generated store")
     p.add_argument("--rounds", type=int, default=3, help="--pipeline: rounds of the step timings, configurations taking turns")
     p.set_defaults(func=cmd_benchmark)
     return parser
+
+
+def entry() -> None:
+    """The command line (`python -m mmbalance`, the `mmbalance` script): main(), re-executed
+    first with tcmalloc preloaded for the commands that train (mmbalance.allocator)."""
+    from mmbalance.allocator import reexec_with_preload
+
+    reexec_with_preload(sys.argv[1:])
+    main()
 
 
 def main(argv: list[str] | None = None) -> None:

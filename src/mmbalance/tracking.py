@@ -41,6 +41,8 @@ STEP_KEY = "val_acc"
 SERVER_SCHEME = "mlflow-server:"
 # What a tracking server writes: the same file the jobs write directly on one machine.
 SERVER_STORE = "sqlite:///results/mlflow/mlflow.db"
+ARTIFACTS = Path("results/mlflow/artifacts")  # beside the local store, for both ways of logging
+SERVER_LOG = Path("logs/mlflow-server.log")
 
 
 def resolve_uri(uri: str) -> str:

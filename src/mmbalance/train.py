@@ -34,7 +34,7 @@ import pandas as pd
 import psutil
 import torch
 
-from mmbalance import checkpoint
+from mmbalance import allocator, checkpoint
 from mmbalance.balancers import build_balancer
 from mmbalance.balancers.base import EpochContext, true_class_confidence
 from mmbalance.data.recipes import TRAINING_KEYS
@@ -234,7 +234,7 @@ def _train(features_dir: Path, settings: dict, out_dir: Path, checkpoint_path: P
     torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
     lease = training_device(recipe["device"], jobs_per_gpu=recipe["jobs_per_gpu"])
     device = torch.device(lease.device)
-    log.info("device: %s", lease.describe())
+    log.info("device: %s; memory allocator: %s", lease.describe(), allocator.active())
 
     store = FeatureStore.load(features_dir).place(device, recipe["store_budget_mb"])
     store.pixels = recipe["pixels"]

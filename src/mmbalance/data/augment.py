@@ -125,42 +125,50 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flips: tor
     return out
 
 
-def augment_frames(frames: torch.Tensor, generator: torch.Generator, widths: torch.Tensor, heights: torch.Tensor,
+def augment_frames(images: torch.Tensor, generator: torch.Generator, widths: torch.Tensor, heights: torch.Tensor,
                    size: int) -> torch.Tensor:
     """RandomResizedCrop + RandomHorizontalFlip of every frame of a batch.
 
-    `frames`: (B, T, C, S, S) float on the training device; `widths`, `heights`: (B,) source
-    sizes of each clip. Draws B x T boxes and flips from `generator` (on the CPU, so a run's
-    crops do not depend on the device) and returns (B, T, C, size, size)."""
-    b, t, c, s, _ = frames.shape
-    widths, heights = widths.repeat_interleave(t), heights.repeat_interleave(t)
+    `images`: (n, C, S, S) frames on the training device (uint8 as stored, any memory layout);
+    `widths`, `heights`: (n,) source sizes of each frame's clip. Draws n boxes and flips from
+    `generator` (on the CPU, so a run's crops do not depend on the device) and returns
+    (n, C, size, size) float grey levels."""
+    n, c, s, _ = images.shape
     boxes = to_stored(crop_boxes(generator, widths, heights), widths, heights, s)
-    flips = torch.rand(b * t, generator=generator) < FLIP_PROBABILITY
-    return crop_resize(frames.reshape(b * t, c, s, s), boxes, size, flips).reshape(b, t, c, size, size)
+    flips = torch.rand(n, generator=generator) < FLIP_PROBABILITY
+    # Reordered while still uint8, then widened: four times cheaper than permuting floats.
+    return crop_resize(images.contiguous().float(), boxes, size, flips)
 
 
-def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """Validation and test: the whole stored frame resized to size x size, antialiased bilinear
-    as torchvision's Resize((224, 224)) on a tensor; untouched when stored at that size."""
-    b, t, c, s, _ = frames.shape
+def resize_frames(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Validation and test: each whole stored frame resized to size x size, antialiased
+    bilinear, in whole grey levels, as the references' `Resize((224, 224))` does on a PIL
+    image (torchvision's uint8 tensor kernel follows PIL's filter); untouched when stored at
+    that size. `images`: (n, C, S, S) uint8. On the CPU the uint8 kernel runs on the stored
+    (channels-last) layout directly; other devices lack it, so they run the same filter in
+    float and round, which can differ from it by one grey level where a value sits at .5."""
+    s = images.shape[-1]
     if s == size:
-        return frames
-    resized = F.interpolate(frames.reshape(b * t, c, s, s), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return resized.reshape(b, t, c, size, size)
+        return images
+    if images.device.type == "cpu":
+        return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def normalise_pixels(frames: torch.Tensor, pixels: str = "rgb") -> torch.Tensor:
-    """Frames (..., 3, H, W) float in 0-255, RGB as stored -> the model's input, as the
+    """Frames (..., 3, H, W) in 0-255, RGB as stored -> the model's input, as the
     reference loaders scale them: "rgb" is torchvision's ToTensor (RGB / 255) then the
     ImageNet mean and std (every GeWu-Lab loader, MLB's CREMA-D and AVE); "bgr_255" is MLB's
     UCF101 loader (datasets/UCF101/UCF101_Dataset.py, get_frames), which normalises OpenCV's
     BGR frames with the same mean and std but neither reorders channels nor divides by 255.
-    One fused multiply-add per pixel."""
+    `frames` may be uint8 or float, in any memory layout; the result is contiguous float32,
+    written once and scaled in place (one fused multiply-add per pixel)."""
     if pixels not in ("rgb", "bgr_255"):
         raise ValueError(f"pixels {pixels!r} is not one of rgb, bgr_255")
-    std = torch.tensor(IMAGENET_STD, device=frames.device, dtype=frames.dtype)[:, None, None]
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device, dtype=frames.dtype)[:, None, None]
-    if pixels == "bgr_255":
-        frames = frames.flip(-3)
+    std = torch.tensor(IMAGENET_STD, device=frames.device)[:, None, None]
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device)[:, None, None]
+    out = torch.empty(frames.shape, dtype=torch.float32, device=frames.device)
+    out.copy_(frames.flip(-3) if pixels == "bgr_255" else frames)  # widened and reordered in one pass
     scale = 1 / std if pixels == "bgr_255" else 1 / (255 * std)
-    return torch.addcmul(-mean / std, frames, scale)
+    return torch.addcmul(-mean / std, out, scale, out=out)

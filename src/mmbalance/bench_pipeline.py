@@ -47,21 +47,22 @@ CLASSES = 6
 OGM_GE = validate({})["methods"]["ogm_ge"]  # the method's default settings
 
 
-def write_store(root: Path, clips: int) -> Path:
-    """A decoded store of random arrays at the papers' shapes, as preprocess writes one."""
+def write_store(root: Path, clips: int, stored: int = STORED) -> Path:
+    """A decoded store of random arrays at the papers' shapes, as preprocess writes one, its
+    frames kept at `stored` px (the presets' 256; FRAME for a recipe with store_scale 1)."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
-    frames = np.lib.format.open_memmap(root / "frames.npy", "w+", np.uint8, (clips, 1, STORED, STORED, 3))
+    frames = np.lib.format.open_memmap(root / "frames.npy", "w+", np.uint8, (clips, 1, stored, stored, 3))
     spectrograms = np.lib.format.open_memmap(root / "spectrograms.npy", "w+", np.float16, (clips, *SPECTROGRAM))
     for start in range(0, clips, 256):
         stop = min(clips, start + 256)
-        frames[start:stop] = rng.integers(0, 256, (stop - start, 1, STORED, STORED, 3), dtype=np.uint8)
+        frames[start:stop] = rng.integers(0, 256, (stop - start, 1, stored, stored, 3), dtype=np.uint8)
         spectrograms[start:stop] = rng.normal(-4, 2, (stop - start, *SPECTROGRAM)).astype(np.float16)
     frames.flush(), spectrograms.flush()
     index = pd.DataFrame({"clip": [f"c{i}" for i in range(clips)], "label": rng.integers(0, CLASSES, clips), "skipped": False,
                           "fold1": "train", "source_width": SOURCE[0], "source_height": SOURCE[1]})
     index.to_csv(root / "index.csv", index=False)
-    meta = {"kind": "decoded", "recipe": {"frame_size": FRAME, "store_size": STORED}, "class_names": [str(c) for c in range(CLASSES)]}
+    meta = {"kind": "decoded", "recipe": {"frame_size": FRAME, "store_size": stored}, "class_names": [str(c) for c in range(CLASSES)]}
     (root / "meta.json").write_text(json.dumps(meta))
     return root
 
@@ -149,6 +150,11 @@ def data_path(store_dir: Path, reference_dir: Path, clips: int, batch: int, devi
             print(f"  store {placement:9s} {label:9s}: {rate:9.0f} samples/s = {rate / reference_rate:5.1f}x the reference-style "
                   f"loader; store adds {held:7.1f} MB of private memory")
         del store
+    # A recipe without augmentation can keep frames at the model's size (store_scale 1): no resize.
+    store = FeatureStore.load(write_store(store_dir.parent / "store-at-frame-size", clips, FRAME)).place(device, None)
+    samples_per_second(store.batches(rows, batch, ["audio", "video"]), clips)
+    rate = samples_per_second(store.batches(rows, batch, ["audio", "video"]), clips)
+    print(f"  store in memory plain, kept at {FRAME} px (store_scale 1): {rate:9.0f} samples/s = {rate / reference_rate:5.1f}x")
 
 
 def cpu_seconds_per_step(step, steps: int) -> float:
@@ -202,7 +208,8 @@ def run(clips: int, batch: int, device: str, steps: int, rounds: int, workers: i
         store_dir = write_store(Path(tmp) / "store", clips)
         reference_dir = write_reference_files(Path(tmp) / "reference", clips)
         data_path(store_dir, reference_dir, clips, batch, device, workers)
-        training_step_times(store_dir, batch, steps, rounds)
+        if rounds > 0:  # --rounds 0: the data path only
+            training_step_times(store_dir, batch, steps, rounds)
 
 
 # What a ResNet training job imports before its first step, cumulatively: each line runs in a

@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup", action="store_true",
                    help="instead: what a training job imports before its first step, each part timed in a fresh interpreter")
     p.add_argument("--clips", type=int, default=512, help="--pipeline: clips in the generated store")
-    p.add_argument("--rounds", type=int, default=3, help="--pipeline: rounds of the step timings, configurations taking turns")
+    p.add_argument("--rounds", type=int, default=3, help="--pipeline: rounds of the step timings, configurations taking turns (0: the data path only)")
     p.set_defaults(func=cmd_benchmark)
     return parser
 

@@ -219,7 +219,7 @@ STARTUP_STEPS = [
     ("+ torch", "import torch"),
     ("+ torch._dynamo (torch.optim imports it on an optimizer's construction and on each step)",
      "import torch._dynamo"),
-    ("+ mmbalance's training code (pandas, torchvision's ResNet, the balancers)",
+    ("+ mmbalance's training code (pandas, the ResNet, the balancers, the feature store)",
      "import mmbalance.train, mmbalance.balancers, mmbalance.models.multimodal"),
     ("+ the MLflow client and its SQLite store (SQLAlchemy, alembic)",
      "from mlflow.tracking import MlflowClient; import mlflow.store.tracking.sqlalchemy_store"),

@@ -294,7 +294,8 @@ $(tail -5 /var/log/slurm/slurmd.log /var/log/slurm/slurmctld.log 2>/dev/null)"
 start() {
     local t0=$SECONDS changed
     install_packages
-    changed=$(configure)
+    # errexit is off inside a command substitution unless set there: a failing step must stop here.
+    changed=$(set -e; configure)
     if [ -n "$changed" ] && { alive slurmctld || alive slurmd; }; then
         say "configuration changed: restarting slurmd and slurmctld"
         stop_daemon slurmd /run/slurmd.pid; stop_daemon slurmctld /run/slurmctld.pid

@@ -108,7 +108,7 @@ def test_pixels_rgb_is_totensor_and_bgr_255_is_mlbs_ucf101_input():
     bgr = media.frames_to_input(frame, "bgr_255")[0, :, 0, 0]
     assert torch.allclose(rgb, (torch.tensor([10.0, 20.0, 30.0]) / 255 - mean) / std)
     assert torch.allclose(bgr, (torch.tensor([30.0, 20.0, 10.0]) - mean) / std)
-    with pytest.raises(ValueError, match="pixels 'yuv'"):
+    with pytest.raises(ValueError, match="pixels: 'yuv' is not one of"):
         media.frames_to_input(frame, "yuv")
 
 

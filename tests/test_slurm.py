@@ -185,11 +185,11 @@ def test_tiny_grid_through_profiles_slurm(cluster, tmp_path):
         # Cancel the training job of CELL once it has written its first checkpoint.
         checkpoint = slurm_dir / "results" / "checkpoints" / CELL / "last.pt"
         deadline = time.monotonic() + 300
-        while not checkpoint.exists() or our_train_job(slurm_dir) is None:
+        while not checkpoint.exists() or (found := our_train_job(slurm_dir)) is None:
             assert slurm.poll() is None, f"snakemake ended before the job could be cancelled:\n{slurm_log.read_text()[-4000:]}"
             assert time.monotonic() < deadline, f"no checkpoint of {CELL} after 300 s:\n{slurm_log.read_text()[-4000:]}"
             time.sleep(0.2)
-        job, _ = our_train_job(slurm_dir)
+        job, _ = found  # the running job the loop saw: a second squeue could miss it
         subprocess.run(["scancel", job], check=True)
         cancelled_at = time.monotonic() - began
         assert not (slurm_dir / "results" / "runs" / CELL / "history.csv").exists(), "the job finished before it was cancelled"

@@ -80,11 +80,11 @@ def reexec_with_preload(argv: list[str]) -> None:
 def active() -> str:
     """Which allocator this process runs on, from the libraries mapped into it."""
     try:
-        maps = Path("/proc/self/maps").read_text()
+        maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return "the system's malloc"
     for name in ALLOCATOR_NAMES:
-        for line in maps.splitlines():
+        for line in maps:
             if name in line:
                 return f"{name} ({line.split()[-1]})"
     return "the system's malloc"

@@ -2,7 +2,8 @@
 
 A fusion offers `decomposition` when its logits split into per-modality parts
 (W_m z_m + b/M for Late-Linear, W_m z_m + b_m for Sum): its class is
-`decomposable` (mmbalance.models.fusion). A method says what it needs through
+`decomposable` (mmbalance.models.fusion). A fusion class also offers what its
+`OFFERS` lists (MMTM's `mmtm_bypass`, which CUR needs). A method says what it needs through
 `needs(settings)` (OGM and OGM-GE read unimodal logits off the fusion unless
 their `score_source` is `heads`; MMCosine replaces the linear blocks). This
 module names no method and no fusion.

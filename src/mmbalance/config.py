@@ -39,7 +39,7 @@ from mmbalance.balancers import METHODS, method_class
 from mmbalance.compatibility import incompatibility
 from mmbalance.data import recipes, registry
 from mmbalance.models.fusion import FUSIONS
-from mmbalance.tracking import SERVER_SCHEME, SERVER_STORE
+from mmbalance.tracking import SERVER_RECORD, SERVER_SCHEME, SERVER_STORE
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 GRID_AXES = ("datasets", "backbones", "fusions", "methods", "variants", "folds")
@@ -57,7 +57,7 @@ NOT_PASSED_TO_TRAINING = ("threads", "mem_mb", "runtime")
 # The SQLite store jobs write on one machine; a tracking server fronts the same file.
 DEFAULT_TRACKING_URI = SERVER_STORE
 # Tracking through the workflow's MLflow server: the address is read from this record at run time.
-SERVER_TRACKING_URI = f"{SERVER_SCHEME}results/mlflow/server.json"
+SERVER_TRACKING_URI = f"{SERVER_SCHEME}{SERVER_RECORD}"
 
 
 class ConfigError(ValueError):

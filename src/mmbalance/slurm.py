@@ -82,7 +82,7 @@ def partition_nodes(partition: str | None) -> tuple[str, list[dict]]:
         if name == partition:
             nodes.append({"cpus": int(cpus), "mem_mb": int(memory.rstrip("+")), "gpus": gpus(gres), "limit": minutes(limit)})
     if partition is None:
-        raise RuntimeError("the cluster has no default partition: set slurm_partition in profiles/slurm/profile.yaml")
+        raise RuntimeError("the cluster has no default partition: set slurm_partition in the SLURM profile")
     return partition, nodes
 
 

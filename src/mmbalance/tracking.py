@@ -43,6 +43,7 @@ SERVER_SCHEME = "mlflow-server:"
 SERVER_STORE = "sqlite:///results/mlflow/mlflow.db"
 ARTIFACTS = Path("results/mlflow/artifacts")  # beside the local store, for both ways of logging
 SERVER_LOG = Path("logs/mlflow-server.log")
+SERVER_RECORD = "results/mlflow/server.json"  # the running server's address, for the jobs
 
 
 def resolve_uri(uri: str) -> str:
@@ -104,7 +105,7 @@ def start_server(record: Path, store: str, artifacts: Path, host: str, port: int
         except OSError as error:
             raise RuntimeError(f"cannot listen on {host}:{port} ({error.strerror}): set tracking.server.port to a free "
                                "port, or tracking.server.host to an address of this machine") from None
-    if store.startswith("sqlite:///"):  # create the schema here, once, before the server's workers open it
+    if store.startswith("sqlite:///"):  # the store's folder; the server creates the schema in it
         Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     artifacts = Path(artifacts).resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -120,7 +121,7 @@ def start_server(record: Path, store: str, artifacts: Path, host: str, port: int
         if process.poll() is not None:
             raise RuntimeError(f"the MLflow server exited with code {process.returncode} before answering at {uri}; see {log_path}")
         if time.monotonic() > deadline:
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)  # its own session: the server's workers too
             raise RuntimeError(f"the MLflow server did not answer at {uri} within {wait:g} s; see {log_path}")
         time.sleep(0.5)
     info = {"uri": uri, "pid": process.pid, "host": host, "port": port, "store": store, "log": str(log_path),

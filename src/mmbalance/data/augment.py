@@ -36,6 +36,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mmbalance.data.recipes import check_choices
+
 # torchvision's ImageNet statistics, which every reference loader normalises frames with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -152,6 +154,12 @@ def resize_frames(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     if images.device.type == "cpu":
         return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resize_rounded(images, size)
+
+
+def resize_rounded(images: torch.Tensor, size: int) -> torch.Tensor:
+    """resize_frames for devices without torch's uint8 antialiased kernel: the same filter
+    in float, rounded to whole grey levels."""
     resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized.round_().clamp_(0, 255).to(torch.uint8)
 
@@ -164,8 +172,7 @@ def normalise_pixels(frames: torch.Tensor, pixels: str = "rgb") -> torch.Tensor:
     BGR frames with the same mean and std but neither reorders channels nor divides by 255.
     `frames` may be uint8 or float, in any memory layout; the result is contiguous float32,
     written once and scaled in place (one fused multiply-add per pixel)."""
-    if pixels not in ("rgb", "bgr_255"):
-        raise ValueError(f"pixels {pixels!r} is not one of rgb, bgr_255")
+    check_choices({"pixels": pixels}, "normalise_pixels")
     std = torch.tensor(IMAGENET_STD, device=frames.device)[:, None, None]
     mean = torch.tensor(IMAGENET_MEAN, device=frames.device)[:, None, None]
     out = torch.empty(frames.shape, dtype=torch.float32, device=frames.device)

@@ -442,4 +442,4 @@ def frames_to_input(frames: torch.Tensor, pixels: str = "rgb") -> torch.Tensor:
     loaders feed them (mmbalance.data.augment.normalise_pixels, which the store calls)."""
     from mmbalance.data.augment import normalise_pixels
 
-    return normalise_pixels(frames.movedim(-1, -3).float(), pixels).contiguous()
+    return normalise_pixels(frames.movedim(-1, -3), pixels)

@@ -29,7 +29,6 @@ import torch
 
 from mmbalance.data import media
 from mmbalance.data.catalog import Catalog, Clip
-from mmbalance.data.augment import normalise_pixels
 from mmbalance.data.store.features import write_store
 from mmbalance.models.pretrained import EFFICIENTNET_B2_FEATURES, build_efficientnet_b2, build_wav2vec2
 
@@ -54,8 +53,8 @@ class FrozenExtractors:
 
     @torch.no_grad()
     def frame_features(self, frames: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(frames, device=self.device).permute(0, 3, 1, 2).float()
-        return self.video(normalise_pixels(x).contiguous()).cpu().numpy()  # (T_v, 1408)
+        x = media.frames_to_input(torch.as_tensor(frames, device=self.device))
+        return self.video(x).cpu().numpy()  # (T_v, 1408)
 
 
 def extract(catalog_dir: Path, out_dir: Path, recipe: dict, backbone: dict, device: str = "cpu") -> pd.DataFrame:
